@@ -1,0 +1,112 @@
+"""The draft service's core, free of gRPC: the loaded draft models and the sessions that use them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from specdec.draft_service.drafts import Drafter, ModelDrafter, NgramDrafter, Proposal
+
+from specdec.draftspec import DraftSpec, parse_draft
+from specdec.errors import FailedPrecondition, InvalidArgument
+from specdec.modeling import LoadedModel, canonical_name, load_model
+from specdec.sampling import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DraftOptions:
+    prompt_token_ids: list[int]
+    draft: str
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    target_name: str = ""
+    target_fingerprint: str = ""  # empty: not checked (the caller vouches for the vocabulary)
+    target_vocab_size: int = 0
+
+
+class DraftSession:
+    """One sequence: the committed tokens both services agree on, and the drafter proposing after them."""
+
+    def __init__(self, spec: DraftSpec, drafter: Drafter, prompt: list[int]) -> None:
+        if not prompt:
+            raise InvalidArgument("prompt_token_ids must contain at least one token")
+        self.spec = spec
+        self.drafter = drafter
+        self.committed = list(prompt)
+
+    def propose(self, position: int, max_tokens: int) -> Iterator[Proposal]:
+        if position != len(self.committed):
+            raise FailedPrecondition(
+                f"propose position {position} does not match the committed length {len(self.committed)}"
+            )
+        return self.drafter.propose(self.committed, max_tokens)
+
+    def commit(self, position: int, token_ids: list[int]) -> None:
+        """Tokens committed from `position` on; anything the draft assumed after it is dropped."""
+        if position > len(self.committed):
+            raise FailedPrecondition(f"commit position {position} is past the committed length {len(self.committed)}")
+        del self.committed[position:]
+        self.committed.extend(token_ids)
+
+
+class DraftCore:
+    """Draft models are loaded on first use (or preloaded) and shared by all sessions."""
+
+    def __init__(self, device: str = "auto", dtype: str = "auto") -> None:
+        self.device = device
+        self.dtype = dtype
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+        self.live_sessions = 0
+
+    def register(self, lm: LoadedModel) -> None:
+        """Serve an already loaded model as `model:NAME` (embedded mode shares the target's weights)."""
+        with self._lock:
+            self._models[lm.name] = lm
+
+    def model(self, name: str) -> LoadedModel:
+        key = canonical_name(name)
+        with self._lock:
+            if key not in self._models:
+                start = time.perf_counter()
+                self._models[key] = load_model(name, self.device, self.dtype)
+                log.info("loaded draft model %s in %.1f s", key, time.perf_counter() - start)
+            return self._models[key]
+
+    def open_session(self, options: DraftOptions) -> DraftSession:
+        spec = parse_draft(options.draft)
+        drafter: Drafter
+        if spec.kind == "ngram":
+            drafter = NgramDrafter(spec.ngram_max)
+        elif spec.kind == "model":
+            lm = self.model(spec.model)
+            self._check_vocabulary(lm, options)
+            drafter = ModelDrafter(lm, options.sampling)
+        else:
+            raise InvalidArgument("draft 'none' needs no draft session")
+        session = DraftSession(spec, drafter, options.prompt_token_ids)
+        self.live_sessions += 1
+        return session
+
+    def close_session(self, session: DraftSession) -> None:
+        session.drafter.close()
+        self.live_sessions -= 1
+
+    @staticmethod
+    def _check_vocabulary(lm: LoadedModel, options: DraftOptions) -> None:
+        target = options.target_name or "the target"
+        if options.target_fingerprint and lm.fingerprint != options.target_fingerprint:
+            raise FailedPrecondition(
+                f"draft model {lm.name} has a different vocabulary from target model {target} "
+                f"(fingerprints {lm.fingerprint} vs {options.target_fingerprint}); "
+                "a draft must share the target's tokenizer"
+            )
+        if options.target_vocab_size and lm.vocab_size != options.target_vocab_size:
+            raise FailedPrecondition(
+                f"draft model {lm.name} has {lm.vocab_size} output tokens but target model {target} has "
+                f"{options.target_vocab_size}"
+            )

@@ -1,0 +1,111 @@
+"""The draft service's gRPC server: a thin servicer (protobuf -> domain -> core -> protobuf)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+from specdec.draft_service.core import DraftCore, DraftOptions, DraftSession
+from specdec.draft_service.drafts import Proposal
+
+from specdec import service
+from specdec.errors import FailedPrecondition
+from specdec.v1 import draft_pb2, draft_pb2_grpc
+from specdec.wire import encode_distribution, sampling_from_pb
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = draft_pb2.DESCRIPTOR.services_by_name["Draft"].full_name
+
+
+def _next_proposal(proposals: Iterator[Proposal]) -> Proposal | None:
+    return next(proposals, None)
+
+
+class DraftServicer(draft_pb2_grpc.DraftServicer):
+    def __init__(self, core: DraftCore) -> None:
+        self.core = core
+        self.worker = service.ModelWorker("draft-model")
+
+    async def aclose(self) -> None:
+        self.worker.shutdown()
+
+    async def Session(
+        self, request_iterator: AsyncIterator[draft_pb2.DraftRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[draft_pb2.DraftResponse]:
+        session: DraftSession | None = None
+        encoding = 0
+        try:
+            async for request in request_iterator:
+                kind = request.WhichOneof("kind")
+                if kind == "open":
+                    if session is not None:
+                        raise FailedPrecondition("the session is already open")
+                    session = await self.worker.run(self.core.open_session, _options_from_pb(request.open))
+                    encoding = request.open.probs_encoding
+                    yield draft_pb2.DraftResponse(
+                        opened=draft_pb2.DraftSessionOpened(
+                            draft=session.spec.name, sends_probs=session.drafter.sends_probs
+                        )
+                    )
+                elif session is None:
+                    raise FailedPrecondition("the first message of a session must be `open`")
+                elif kind == "propose":
+                    async for chunk in self._propose(session, request.propose, encoding):
+                        yield draft_pb2.DraftResponse(chunk=chunk)
+                elif kind == "commit":
+                    session.commit(request.commit.position, list(request.commit.token_ids))
+                else:
+                    raise FailedPrecondition("a request must set `open`, `propose` or `commit`")
+        except Exception as exc:
+            await service.abort_with(context, exc)
+        finally:
+            if session is not None:
+                await self.worker.run(self.core.close_session, session)
+
+    async def _propose(
+        self, session: DraftSession, request: draft_pb2.Propose, encoding: int
+    ) -> AsyncIterator[draft_pb2.DraftChunk]:
+        """Stream one chunk per token as the drafter produces it, then an empty `last` chunk."""
+        start = time.perf_counter()
+        proposals = session.propose(request.position, request.max_tokens)
+        position = request.position
+        while (proposal := await self.worker.run(_next_proposal, proposals)) is not None:
+            token, q = proposal
+            chunk = draft_pb2.DraftChunk(step=request.step, position=position, token_ids=[token])
+            if q is not None:
+                chunk.probs.append(encode_distribution(q, encoding))
+            chunk.draft_ms = (time.perf_counter() - start) * 1e3
+            yield chunk
+            position += 1
+        yield draft_pb2.DraftChunk(
+            step=request.step, position=position, last=True, draft_ms=(time.perf_counter() - start) * 1e3
+        )
+
+
+def _options_from_pb(msg: draft_pb2.OpenDraftSession) -> DraftOptions:
+    return DraftOptions(
+        prompt_token_ids=list(msg.prompt_token_ids),
+        draft=msg.draft,
+        sampling=sampling_from_pb(msg.sampling),
+        target_name=msg.target_name,
+        target_fingerprint=msg.target_vocab_fingerprint,
+        target_vocab_size=msg.target_vocab_size,
+    )
+
+
+async def serve(
+    core: DraftCore, port: int = 0, host: str = "127.0.0.1", preload: list[str] | None = None
+) -> service.RunningServer:
+    """Start a draft service; `preload` model ids/paths are loaded before it reports SERVING."""
+    servicer = DraftServicer(core)
+    for name in preload or []:
+        await servicer.worker.run(core.model, name)
+    return await service.start(
+        [SERVICE_NAME],
+        lambda server: draft_pb2_grpc.add_DraftServicer_to_server(servicer, server),
+        servicer,
+        port,
+        host,
+    )

@@ -1,0 +1,94 @@
+"""Pure-torch reference implementations of the acceptance step. Batched over B sessions.
+
+Terms (as in vLLM's rejection sampler):
+- accepted tokens: the leading draft tokens the rule keeps;
+- recovered token: at the first rejected position, a token drawn from the target's corrected distribution
+  (greedy: the target's argmax; sampling: norm(max(0, p - q)));
+- bonus token: when all num_draft draft tokens are accepted, one more token drawn from the target's
+  distribution at the next position (free: the verify forward pass computed it anyway).
+Every output row is [accepted..., recovered-or-bonus, -1 padding...] of length K+1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PAD = -1
+
+
+def _accepted_prefix_length(accept: torch.Tensor, num_draft: torch.Tensor) -> torch.Tensor:
+    """accept[B, K] bool -> number of leading True values among the first num_draft[b], as [B] long."""
+    k = accept.shape[1]
+    valid = torch.arange(k, device=accept.device)[None, :] < num_draft[:, None]  # [B, K]
+    return torch.cumprod((accept & valid).long(), dim=1).sum(dim=1)  # [B]
+
+
+def _assemble(draft_tokens: torch.Tensor, num_accepted: torch.Tensor, final_token: torch.Tensor) -> torch.Tensor:
+    """Rows of accepted draft tokens, then final_token[b] at index num_accepted[b], then PAD. [B, K+1]."""
+    b, k = draft_tokens.shape
+    out = torch.full((b, k + 1), PAD, dtype=torch.long, device=draft_tokens.device)  # [B, K+1]
+    keep = torch.arange(k, device=draft_tokens.device)[None, :] < num_accepted[:, None]  # [B, K]
+    out[:, :k] = torch.where(keep, draft_tokens.long(), PAD)
+    out[torch.arange(b, device=out.device), num_accepted] = final_token
+    return out
+
+
+def greedy_verify(
+    target_logits: torch.Tensor,  # [B, K+1, V]
+    draft_tokens: torch.Tensor,  # [B, K]
+    num_draft: torch.Tensor,  # [B] draft tokens actually proposed per row (<= K)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact-match verification: accept d_i while it equals the target's argmax at its position.
+
+    Returns num_accepted[B] and output_tokens[B, K+1] (accepted, then the target's argmax, then PAD).
+    """
+    k = draft_tokens.shape[1]
+    target_argmax = target_logits.argmax(dim=-1)  # [B, K+1]; first index on ties, as HF greedy
+    accept = draft_tokens.long() == target_argmax[:, :k]  # [B, K]
+    num_accepted = _accepted_prefix_length(accept, num_draft)  # [B]
+    final = target_argmax.gather(1, num_accepted[:, None]).squeeze(1)  # [B]
+    return num_accepted, _assemble(draft_tokens, num_accepted, final)
+
+
+def rejection_sample(
+    target_probs: torch.Tensor,  # [B, K+1, V] p, after temperature/top-k/top-p
+    draft_probs: torch.Tensor | None,  # [B, K, V] q; None means one-hot on each draft token
+    draft_tokens: torch.Tensor,  # [B, K]
+    num_draft: torch.Tensor,  # [B]
+    uniforms: torch.Tensor,  # [B, K] U[0, 1)
+    noise: torch.Tensor,  # [B, K+1, V] Exp(1)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leviathan et al. Algorithm 1, lossless: the committed tokens are distributed exactly as p.
+
+    Rule: accept d_i with probability min(1, p_i(d_i) / q_i(d_i)), i.e. when u_i * q_i(d_i) < p_i(d_i).
+    At the first rejection a, draw from norm(max(0, p_a - q_a)); if all are accepted, draw the bonus
+    token from p_K. Draws use the exponential race argmax(dist / noise), so no host sync is needed.
+    """
+    b, k = draft_tokens.shape
+    rows = torch.arange(b, device=target_probs.device)  # [B]
+    safe_tokens = draft_tokens.long().clamp_min(0)  # [B, K] PAD beyond num_draft -> any valid id
+    p_of_draft = target_probs[:, :k].gather(2, safe_tokens[..., None]).squeeze(2)  # [B, K]
+    if draft_probs is None:
+        q_of_draft = torch.ones_like(p_of_draft)  # one-hot q
+    else:
+        q_of_draft = draft_probs.gather(2, safe_tokens[..., None]).squeeze(2)  # [B, K]
+    accept = uniforms * q_of_draft < p_of_draft  # [B, K]
+    num_accepted = _accepted_prefix_length(accept, num_draft)  # [B]
+
+    p_at = target_probs[rows, num_accepted]  # [B, V] target distribution at the final position
+    rejected = num_accepted < num_draft  # [B] False: bonus token
+    if k > 0:
+        at_draft = num_accepted.clamp_max(k - 1)  # [B]
+        if draft_probs is None:
+            q_at = torch.zeros_like(p_at).scatter_(1, safe_tokens[rows, at_draft][:, None], 1.0)  # [B, V]
+        else:
+            q_at = draft_probs[rows, at_draft]  # [B, V]
+        residual = (p_at - q_at).clamp_min(0.0)  # [B, V]
+        # p == q makes the residual empty, but then a rejection has probability 0; fall back to p.
+        empty = residual.sum(dim=1, keepdim=True) <= 0  # [B, 1]
+        residual = torch.where(empty, p_at, residual)
+        dist = torch.where(rejected[:, None], residual, p_at)  # [B, V]
+    else:
+        dist = p_at
+    final = (dist / noise[rows, num_accepted]).argmax(dim=1)  # [B] exponential race
+    return num_accepted, _assemble(draft_tokens, num_accepted, final)

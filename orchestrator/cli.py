@@ -1,0 +1,230 @@
+"""The `specdec` command line: serve each service, or generate text (embedded or against a server)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from specdec import __version__
+from specdec.draftspec import SYNTAX as DRAFT_SYNTAX
+from specdec.v1 import orchestrator_pb2
+
+log = logging.getLogger("specdec")
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return os.environ.get(f"SPECDEC_{name}", default)
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=_env("DEVICE", "auto"), help="auto|cpu|cuda|mps (env SPECDEC_DEVICE)")
+    p.add_argument(
+        "--dtype",
+        default=_env("DTYPE", "auto"),
+        help="auto (float32 on CPU, bfloat16 on accelerators)|float32|bfloat16|float16 (env SPECDEC_DTYPE)",
+    )
+
+
+def _add_listen_flags(p: argparse.ArgumentParser, default_port: int) -> None:
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("PORT", default_port)),
+        help="0 binds a free port (env SPECDEC_PORT)",
+    )
+    p.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to bind (env SPECDEC_HOST)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specdec", description="Lossless speculative decoding over gRPC.")
+    parser.add_argument("--version", action="version", version=f"specdec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run one service").add_subparsers(dest="service", required=True)
+    verifier = serve.add_parser("verifier", help="the target model with per-session KV caches")
+    _add_listen_flags(verifier, 50051)
+    verifier.add_argument(
+        "--target",
+        default=_env("TARGET", ""),
+        help="HF id or path; default SmolLM2-135M-Instruct (env SPECDEC_TARGET)",
+    )
+    _add_model_flags(verifier)
+
+    draft = serve.add_parser("draft", help="draft models and n-gram lookup")
+    _add_listen_flags(draft, 50052)
+    draft.add_argument(
+        "--preload",
+        action="append",
+        default=[s for s in _env("PRELOAD", "").split(",") if s],
+        help="model:ID_OR_PATH to load at start-up; repeatable (env SPECDEC_PRELOAD, comma-separated)",
+    )
+    _add_model_flags(draft)
+
+    orch = serve.add_parser("orchestrator", help="the public API")
+    _add_listen_flags(orch, 50050)
+    orch.add_argument("--verifier-addr", default=_env("VERIFIER_ADDR"), help="HOST:PORT (env SPECDEC_VERIFIER_ADDR)")
+    orch.add_argument("--draft-addr", default=_env("DRAFT_ADDR"), help="HOST:PORT (env SPECDEC_DRAFT_ADDR)")
+    orch.add_argument("--default-draft", default=_env("DEFAULT_DRAFT", "ngram"), help=DRAFT_SYNTAX)
+    orch.add_argument("--default-k", type=int, default=int(_env("DEFAULT_K", 4)))
+
+    gen = commands.add_parser("generate", help="generate text with speculative decoding")
+    gen.add_argument("--prompt", required=True, help="raw prompt text (like OpenAI completions)")
+    gen.add_argument("--chat", action="store_true", help="send the prompt as one user message via the chat template")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-p", type=float, default=0.0, help="0 = off")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--num-samples", type=int, default=1)
+    gen.add_argument("--stop", action="append", default=[], help="stop string; repeatable")
+    gen.add_argument("--draft", default="ngram", help=f"{DRAFT_SYNTAX} (none = target-only baseline)")
+    gen.add_argument("--k", type=int, default=4, help="draft tokens per step")
+    gen.add_argument("--policy", default="", help="exact | rejection (default: by temperature)")
+    gen.add_argument("--logprobs", action="store_true", help="return the target's log-probabilities")
+    gen.add_argument("--json", action="store_true", help="print one JSON object")
+    gen.add_argument(
+        "--orchestrator",
+        default=_env("ORCHESTRATOR"),
+        help="HOST:PORT of a running orchestrator (else embedded)",
+    )
+    gen.add_argument("--target", default=_env("TARGET", ""), help="embedded mode: HF id or path of the target")
+    _add_model_flags(gen)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        if args.command == "serve":
+            asyncio.run(_serve(args))
+            return 0
+        return asyncio.run(_generate(args))
+    except grpc.aio.AioRpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from specdec.draft_service.core import DraftCore
+    from specdec.draft_service.server import serve as serve_draft
+    from specdec.orchestrator.core import Limits
+    from specdec.orchestrator.server import serve as serve_orchestrator
+    from specdec.verifier_service.server import serve as serve_verifier
+
+    from specdec.modeling import load_model
+
+    if args.service == "verifier":
+        lm = await asyncio.to_thread(load_model, args.target, args.device, args.dtype)
+        running = await serve_verifier(lm, args.port, args.host)
+    elif args.service == "draft":
+        preload = [p.removeprefix("model:") for p in args.preload]
+        running = await serve_draft(DraftCore(args.device, args.dtype), args.port, args.host, preload)
+    else:
+        if not args.verifier_addr:
+            raise SystemExit("serve orchestrator needs --verifier-addr (or SPECDEC_VERIFIER_ADDR)")
+        limits = Limits(default_draft=args.default_draft, default_k=args.default_k)
+        running = await serve_orchestrator(args.verifier_addr, args.draft_addr, args.port, args.host, limits)
+    print(f"specdec {args.service} listening on {args.host}:{running.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await running.stop(grace=5.0)
+
+
+async def _generate(args: argparse.Namespace) -> int:
+    from specdec.orchestrator.client import SpecdecClient
+
+    request: dict[str, Any] = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        num_samples=args.num_samples,
+        stop=args.stop,
+        return_logprobs=args.logprobs,
+        draft=args.draft,
+        k=args.k,
+        policy=args.policy,
+    )
+    if args.chat:
+        request["messages"] = [{"role": "user", "content": args.prompt}]
+    else:
+        request["prompt"] = args.prompt
+
+    if args.orchestrator:
+        async with SpecdecClient(args.orchestrator) as client:
+            response = await client.generate(**request)
+    else:
+        from specdec.orchestrator.embedded import EmbeddedStack
+
+        stack = EmbeddedStack(target=args.target, device=args.device, dtype=args.dtype)
+        async with stack, SpecdecClient(stack.address) as client:
+            response = await client.generate(**request)
+    _print_response(response, args.json)
+    return 0
+
+
+def stats_dict(response: orchestrator_pb2.GenerateResponse) -> dict[str, Any]:
+    return MessageToDict(response.stats, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def _print_response(response: orchestrator_pb2.GenerateResponse, as_json: bool) -> None:
+    completions = list(response.completions)
+    if as_json:
+        many = len(completions) > 1
+        out: dict[str, Any] = {
+            "prompt_token_ids": list(response.prompt_token_ids),
+            "token_ids": [list(c.token_ids) for c in completions] if many else list(completions[0].token_ids),
+            "text": [c.text for c in completions] if many else completions[0].text,
+            "finish_reason": [c.finish_reason for c in completions] if many else completions[0].finish_reason,
+            "stats": stats_dict(response),
+            "model": response.model,
+            "draft": response.draft,
+            "k": response.k,
+            "policy": response.policy,
+            "seed": response.seed,
+        }
+        if any(c.logprobs for c in completions):
+            out["logprobs"] = [list(c.logprobs) for c in completions] if many else list(completions[0].logprobs)
+        print(json.dumps(out, ensure_ascii=False))
+        return
+    for c in completions:
+        if len(completions) > 1:
+            print(f"--- sample {c.index} ({c.finish_reason}) ---")
+        print(c.text)
+    s = response.stats
+    print(
+        f"[{response.model} | draft {response.draft}, k={response.k}, {response.policy}] "
+        f"{s.generated_tokens} tokens in {s.wall_ms / 1e3:.2f} s = {s.tokens_per_second:.1f} tok/s; "
+        f"{s.steps} steps, acceptance {s.acceptance_rate:.0%}, mean accepted length {s.mean_accepted_length:.2f}",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""A small Python client for the public API (used by the CLI and the benchmarks)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+from specdec import service
+from specdec.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+
+
+def build_request(
+    prompt: str = "",
+    *,
+    prompt_token_ids: list[int] | None = None,
+    messages: list[dict[str, str]] | None = None,
+    max_new_tokens: int = 0,
+    temperature: float = 0.0,
+    top_p: float = 0.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    num_samples: int = 0,
+    stop: list[str] | None = None,
+    return_logprobs: bool = False,
+    draft: str = "",
+    k: int | None = None,
+    policy: str = "",
+    model: str = "",
+    probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED,
+) -> orchestrator_pb2.GenerateRequest:
+    """Keyword arguments -> GenerateRequest; None/zero leaves the server's default."""
+    request = orchestrator_pb2.GenerateRequest(
+        prompt=prompt,
+        prompt_token_ids=prompt_token_ids or [],
+        messages=[orchestrator_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages or []],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        num_samples=num_samples,
+        stop=stop or [],
+        return_logprobs=return_logprobs,
+        draft=draft,
+        policy=policy,
+        model=model,
+        probs_encoding=probs_encoding,
+    )
+    if seed is not None:
+        request.seed = seed
+    if k is not None:
+        request.k = k
+    return request
+
+
+class SpecdecClient:
+    """`async with SpecdecClient("host:port") as client: response = await client.generate("Hi")`."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = service.insecure_channel(address)
+        self.stub = orchestrator_pb2_grpc.OrchestratorStub(self.channel)
+
+    async def __aenter__(self) -> SpecdecClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def generate(self, prompt: str = "", **kwargs: Any) -> orchestrator_pb2.GenerateResponse:
+        return await self.stub.Generate(build_request(prompt, **kwargs))
+
+    async def generate_stream(
+        self, prompt: str = "", **kwargs: Any
+    ) -> AsyncIterator[orchestrator_pb2.GenerateStreamResponse]:
+        async for message in self.stub.GenerateStream(build_request(prompt, **kwargs)):
+            yield message

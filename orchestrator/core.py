@@ -1,0 +1,256 @@
+"""The orchestrator's core: validates a request, runs one speculative loop per sample, totals the stats.
+
+It is the hub: one stream per session to the verifier and one to the draft service, over one channel per
+peer. It needs no model weights: the target's tokenizer comes from the verifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from specdec.orchestrator.loop import LoopStats, OnDelta, SampleResult, SampleSpec, run_sample
+from specdec.orchestrator.streams import DraftStream, VerifierStream
+from transformers import AutoTokenizer
+
+from specdec import service
+from specdec.draftspec import parse_draft
+from specdec.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from specdec.modeling import canonical_name, is_default_model
+from specdec.sampling import SamplingConfig, derive_seed
+from specdec.v1 import common_pb2, draft_pb2_grpc, verifier_pb2, verifier_pb2_grpc
+
+POLICIES = ("exact", "rejection")
+
+
+@dataclass
+class Limits:
+    """Server-side defaults and limits; proto3 zero values in a request fall back to these."""
+
+    default_draft: str = "ngram"
+    default_k: int = 4
+    k_max: int = 32
+    default_max_new_tokens: int = 128
+    max_new_tokens: int = 4096
+    max_num_samples: int = 64
+    samples_in_flight: int = 8  # concurrent sessions per request
+
+
+@dataclass
+class TargetInfo:
+    name: str
+    vocab_size: int
+    fingerprint: str
+    eos_token_ids: frozenset[int]
+    max_context: int
+    tokenizer: Any
+
+
+@dataclass
+class GenerationRequest:
+    """A validated request in domain terms."""
+
+    prompt: str = ""
+    prompt_token_ids: list[int] = field(default_factory=list)
+    messages: list[dict[str, str]] = field(default_factory=list)
+    max_new_tokens: int = 0
+    temperature: float = 0.0
+    top_p: float = 0.0
+    top_k: int = 0
+    seed: int | None = None
+    num_samples: int = 0
+    stop: list[str] = field(default_factory=list)
+    return_logprobs: bool = False
+    draft: str = ""
+    k: int | None = None
+    policy: str = ""
+    model: str = ""
+    probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED
+
+
+@dataclass
+class GenerationResult:
+    prompt_token_ids: list[int]
+    samples: list[SampleResult]
+    stats: LoopStats
+    wall_ms: float
+    model: str
+    draft: str
+    k: int
+    policy: str
+    seed: int
+    started_at: float  # perf_counter() at the request's start
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self.samples)
+
+    @property
+    def time_to_first_token_ms(self) -> float:
+        first = self.stats.first_token_at
+        return 0.0 if first is None else (first - self.started_at) * 1e3
+
+
+class OrchestratorCore:
+    def __init__(self, verifier_address: str, draft_address: str | None, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.verifier_address = verifier_address
+        self.draft_address = draft_address
+        self._verifier_channel = service.insecure_channel(verifier_address)
+        self._verifier = verifier_pb2_grpc.VerifierStub(self._verifier_channel)
+        self._draft_channel = service.insecure_channel(draft_address) if draft_address else None
+        self._draft = draft_pb2_grpc.DraftStub(self._draft_channel) if self._draft_channel else None
+        self._target: TargetInfo | None = None
+        self._target_lock = asyncio.Lock()
+        parse_draft(self.limits.default_draft)
+
+    async def close(self) -> None:
+        await self._verifier_channel.close()
+        if self._draft_channel is not None:
+            await self._draft_channel.close()
+
+    async def target(self) -> TargetInfo:
+        """The verifier's model facts and tokenizer, fetched once."""
+        async with self._target_lock:
+            if self._target is None:
+                info = await self._verifier.GetModelInfo(verifier_pb2.GetModelInfoRequest(include_tokenizer=True))
+                self._target = TargetInfo(
+                    name=info.name,
+                    vocab_size=info.vocab_size,
+                    fingerprint=info.vocab_fingerprint,
+                    eos_token_ids=frozenset(info.eos_token_ids),
+                    max_context=info.max_context,
+                    tokenizer=_tokenizer_from_files(dict(info.tokenizer_files)),
+                )
+            return self._target
+
+    async def generate(self, request: GenerationRequest, on_delta: OnDelta | None = None) -> GenerationResult:
+        start = time.perf_counter()
+        target = await self.target()
+        specs, seed = self._plan(request, target)
+        limiter = asyncio.Semaphore(self.limits.samples_in_flight)
+
+        async def one(spec: SampleSpec) -> SampleResult:
+            async with limiter:
+                return await self._run_one(spec, target, on_delta)
+
+        samples = await asyncio.gather(*(one(s) for s in specs))
+        stats = LoopStats()
+        for sample in samples:
+            stats.merge(sample.stats)
+        first = specs[0]
+        return GenerationResult(
+            prompt_token_ids=first.prompt_token_ids,
+            samples=list(samples),
+            stats=stats,
+            wall_ms=(time.perf_counter() - start) * 1e3,
+            model=target.name,
+            draft=first.draft.name,
+            k=first.k,
+            policy=first.policy,
+            seed=seed,
+            started_at=start,
+        )
+
+    async def _run_one(self, spec: SampleSpec, target: TargetInfo, on_delta: OnDelta | None) -> SampleResult:
+        verifier = VerifierStream(self._verifier)
+        draft = DraftStream(self._draft) if self._draft is not None and spec.draft.kind != "none" else None
+        try:
+            return await run_sample(spec, verifier, draft, target.tokenizer, on_delta)
+        finally:
+            await asyncio.gather(verifier.close(), *([draft.close()] if draft else []))
+
+    def _plan(self, request: GenerationRequest, target: TargetInfo) -> tuple[list[SampleSpec], int]:
+        """Validate the request against the target and limits; one SampleSpec per completion."""
+        limits = self.limits
+        if (
+            request.model
+            and canonical_name(request.model) != target.name
+            and not (is_default_model(request.model) and is_default_model(target.name))
+        ):
+            raise NotFound(f"model {request.model!r} is not served here; this server runs {target.name!r}")
+        prompt_ids = self._prompt_ids(request, target)
+        max_new = request.max_new_tokens or limits.default_max_new_tokens
+        if not 0 < max_new <= limits.max_new_tokens:
+            raise OutOfRange(f"max_new_tokens must be in [1, {limits.max_new_tokens}], got {max_new}")
+        if len(prompt_ids) >= target.max_context:
+            raise OutOfRange(f"prompt has {len(prompt_ids)} tokens; the target's context is {target.max_context}")
+        num_samples = request.num_samples or 1
+        if not 0 < num_samples <= limits.max_num_samples:
+            raise OutOfRange(f"num_samples must be in [1, {limits.max_num_samples}], got {num_samples}")
+        draft = parse_draft(request.draft or limits.default_draft)
+        if draft.kind != "none" and self._draft is None:
+            raise FailedPrecondition(f"draft {draft.name!r} needs a draft service; none is configured")
+        k = limits.default_k if request.k is None else request.k
+        if not 0 <= k <= limits.k_max:
+            raise OutOfRange(f"k must be in [0, {limits.k_max}], got {k}")
+        if draft.kind == "none":
+            k = 0
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        base = SamplingConfig.from_wire(request.temperature, request.top_k, request.top_p, 0)
+        if request.policy not in ("", *POLICIES):
+            raise InvalidArgument(f"policy must be one of {POLICIES}, got {request.policy!r}")
+        if request.policy == "exact" and not base.greedy:
+            raise InvalidArgument("policy 'exact' needs temperature 0; use 'rejection' to sample losslessly")
+        policy = "exact" if base.greedy else "rejection"
+        specs = [
+            SampleSpec(
+                index=i,
+                prompt_token_ids=prompt_ids,
+                sampling=SamplingConfig(base.temperature, base.top_k, base.top_p, derive_seed(seed, i, "sample")),
+                policy=policy,
+                draft=draft,
+                k=k,
+                max_new_tokens=max_new,
+                stop=list(request.stop),
+                eos_token_ids=target.eos_token_ids,
+                max_context=target.max_context,
+                return_logprobs=request.return_logprobs,
+                probs_encoding=request.probs_encoding,
+                target_name=target.name,
+                target_fingerprint=target.fingerprint,
+                target_vocab_size=target.vocab_size,
+            )
+            for i in range(num_samples)
+        ]
+        return specs, seed
+
+    @staticmethod
+    def _prompt_ids(request: GenerationRequest, target: TargetInfo) -> list[int]:
+        given = [bool(request.prompt), bool(request.prompt_token_ids), bool(request.messages)]
+        if sum(given) != 1:
+            raise InvalidArgument("set exactly one of prompt, prompt_token_ids and messages")
+        tokenizer = target.tokenizer
+        if request.prompt_token_ids:
+            bad = [t for t in request.prompt_token_ids if not 0 <= t < target.vocab_size]
+            if bad:
+                raise InvalidArgument(
+                    f"prompt_token_ids has ids outside the vocabulary [0, {target.vocab_size}): {bad[:5]}"
+                )
+            return list(request.prompt_token_ids)
+        if request.messages:
+            for i, m in enumerate(request.messages):
+                if m["role"] not in ("system", "user", "assistant"):
+                    raise InvalidArgument(f"messages[{i}].role must be system, user or assistant")
+            if not tokenizer.chat_template:
+                raise FailedPrecondition(f"target {target.name} has no chat template; send a prompt instead")
+            text = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+            return list(tokenizer.encode(text, add_special_tokens=False))
+        ids = list(tokenizer.encode(request.prompt))
+        if not ids:
+            raise InvalidArgument("prompt tokenizes to no tokens")
+        return ids
+
+
+def _tokenizer_from_files(files: dict[str, bytes]) -> Any:
+    if not files:
+        raise FailedPrecondition("the verifier sent no tokenizer files")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            (Path(tmp) / Path(name).name).write_bytes(data)
+        return AutoTokenizer.from_pretrained(tmp)

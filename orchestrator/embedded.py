@@ -1,0 +1,59 @@
+"""The three services started in this process on loopback ports: still real gRPC between them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from specdec.draft_service.core import DraftCore
+from specdec.draft_service.server import serve as serve_draft
+from specdec.orchestrator.core import Limits
+from specdec.orchestrator.server import serve as serve_orchestrator
+from specdec.verifier_service.server import serve as serve_verifier
+
+from specdec import service
+from specdec.modeling import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbeddedStack:
+    """`async with EmbeddedStack(target=...) as stack:` then talk to `stack.address`."""
+
+    target: str = ""
+    device: str = "auto"
+    dtype: str = "auto"
+    preload: list[str] = field(default_factory=list)
+    limits: Limits | None = None
+    target_model: LoadedModel | None = None  # already loaded (tests); else loaded from `target`
+    servers: list[service.RunningServer] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.servers[-1].port}"
+
+    async def __aenter__(self) -> EmbeddedStack:
+        lm = self.target_model
+        if lm is None:
+            lm = await asyncio.to_thread(load_model, self.target, self.device, self.dtype)
+        verifier = await serve_verifier(lm)
+        self.servers.append(verifier)
+        draft_core = DraftCore(self.device, self.dtype)
+        draft_core.register(lm)  # a model draft naming the target reuses its weights
+        draft = await serve_draft(draft_core, preload=self.preload)
+        self.servers.append(draft)
+        orchestrator = await serve_orchestrator(
+            f"127.0.0.1:{verifier.port}", f"127.0.0.1:{draft.port}", limits=self.limits
+        )
+        self.servers.append(orchestrator)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for server in reversed(self.servers):
+            await server.stop(grace=1.0)
+        self.servers.clear()

@@ -1,0 +1,179 @@
+"""The speculative loop for one completion: propose -> verify -> commit, until EOS, a stop string or the
+token limit. Positions are the shared language: block at n = draft tokens for n .., verdict = committed
+tokens from n on; both services roll back to the committed prefix on their own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from specdec.orchestrator.streams import DraftBlock, DraftStream, VerifierStream
+from specdec.orchestrator.text import OutputText
+
+from specdec.draftspec import DraftSpec
+from specdec.sampling import SamplingConfig
+from specdec.v1 import common_pb2, draft_pb2, verifier_pb2
+from specdec.wire import sampling_to_pb
+
+
+@dataclass
+class LoopStats:
+    steps: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    committed_tokens: int = 0  # sum over verdicts of accepted + 1 (before any truncation)
+    draft_ms: float = 0.0
+    verify_ms: float = 0.0
+    network_ms: float = 0.0
+    prefill_ms: float = 0.0
+    first_token_at: float | None = None  # perf_counter() of the first committed token
+
+    def merge(self, other: LoopStats) -> None:
+        for name in ("steps", "draft_tokens", "accepted_tokens", "committed_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("draft_ms", "verify_ms", "network_ms", "prefill_ms"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        if other.first_token_at is not None and (
+            self.first_token_at is None or other.first_token_at < self.first_token_at
+        ):
+            self.first_token_at = other.first_token_at
+
+
+@dataclass
+class SampleSpec:
+    """Everything one completion needs; built and validated by the orchestrator core."""
+
+    index: int
+    prompt_token_ids: list[int]
+    sampling: SamplingConfig
+    policy: str
+    draft: DraftSpec
+    k: int
+    max_new_tokens: int
+    stop: list[str]
+    eos_token_ids: frozenset[int]
+    max_context: int
+    return_logprobs: bool
+    probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED
+    target_name: str = ""
+    target_fingerprint: str = ""
+    target_vocab_size: int = 0
+
+
+@dataclass
+class SampleResult:
+    index: int
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    logprobs: list[float]
+    stats: LoopStats = field(default_factory=LoopStats)
+
+
+@dataclass
+class Delta:
+    index: int
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]
+    finish_reason: str = ""
+
+
+OnDelta = Callable[[Delta], Awaitable[None]]
+
+
+def block_size(spec: SampleSpec, generated: int, committed_length: int) -> int:
+    """K for this step, so that accepted + 1 never passes max_new_tokens or the context."""
+    if spec.draft.kind == "none":
+        return 0
+    return max(0, min(spec.k, spec.max_new_tokens - generated - 1, spec.max_context - committed_length - 1))
+
+
+def finish_check(spec: SampleSpec, new_tokens: list[int], generated_before: int) -> tuple[list[int], str]:
+    """Cut a step's committed tokens at EOS or the token limit. Returns (kept tokens, finish reason or '')."""
+    kept: list[int] = []
+    for token in new_tokens:
+        kept.append(token)
+        if token in spec.eos_token_ids:
+            return kept, "stop"
+        if generated_before + len(kept) >= spec.max_new_tokens:
+            return kept, "length"
+    return kept, ""
+
+
+async def run_sample(
+    spec: SampleSpec,
+    verifier: VerifierStream,
+    draft: DraftStream | None,
+    tokenizer: Any,
+    on_delta: OnDelta | None = None,
+) -> SampleResult:
+    stats = LoopStats()
+    opened = await verifier.open(
+        verifier_pb2.OpenVerifierSession(
+            prompt_token_ids=spec.prompt_token_ids,
+            sampling=sampling_to_pb(spec.sampling),
+            policy=spec.policy,
+            return_logprobs=spec.return_logprobs,
+            session_id=str(spec.index),
+        )
+    )
+    stats.prefill_ms = opened.prefill_ms
+    if draft is not None:
+        await draft.open(
+            draft_pb2.OpenDraftSession(
+                prompt_token_ids=spec.prompt_token_ids,
+                draft=spec.draft.name,
+                sampling=sampling_to_pb(spec.sampling),
+                target_name=spec.target_name,
+                target_vocab_fingerprint=spec.target_fingerprint,
+                target_vocab_size=spec.target_vocab_size,
+                probs_encoding=spec.probs_encoding,
+                session_id=str(spec.index),
+            )
+        )
+
+    text = OutputText(tokenizer, spec.stop)
+    position = len(spec.prompt_token_ids)
+    logprobs: list[float] = []
+    finish = ""
+    while not finish:
+        k = block_size(spec, len(text.tokens), position)
+        block = DraftBlock()
+        if draft is not None and k > 0:
+            block = await draft.propose(position, stats.steps, k)
+            stats.draft_ms += block.draft_ms
+            stats.network_ms += max(0.0, block.round_trip_ms - block.draft_ms)
+        timed = await verifier.verify(position, stats.steps, block.tokens, block.probs)
+        verdict = timed.verdict
+        compute_ms = verdict.forward_ms + verdict.accept_ms
+        stats.verify_ms += compute_ms
+        stats.network_ms += max(0.0, timed.round_trip_ms - compute_ms)
+        stats.steps += 1
+        stats.draft_tokens += len(block.tokens)
+        stats.accepted_tokens += verdict.num_accepted
+        stats.committed_tokens += len(verdict.token_ids)
+        if stats.first_token_at is None:
+            stats.first_token_at = time.perf_counter()
+
+        committed = list(verdict.token_ids)
+        before = len(text.tokens)
+        kept, finish = finish_check(spec, committed, before)
+        delta_text = text.add(kept)
+        if text.stopped:
+            finish = "stop"
+        elif finish:
+            delta_text += text.flush()
+        kept = text.tokens[before:]
+        step_logprobs = list(verdict.logprobs)[: len(kept)]
+        logprobs.extend(step_logprobs)
+        if on_delta is not None and (kept or finish):
+            await on_delta(Delta(spec.index, kept, delta_text, step_logprobs, finish))
+        if draft is not None and not finish:
+            await draft.commit(position, committed)
+        position += len(committed)
+
+    return SampleResult(spec.index, text.tokens, text.emitted, finish, logprobs, stats)

@@ -1,0 +1,144 @@
+"""The public gRPC API: a thin servicer over the orchestrator core."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from specdec.orchestrator.core import GenerationRequest, GenerationResult, Limits, OrchestratorCore
+from specdec.orchestrator.loop import Delta
+
+from specdec import service
+from specdec.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+
+SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
+
+
+def request_from_pb(msg: orchestrator_pb2.GenerateRequest) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=msg.prompt,
+        prompt_token_ids=list(msg.prompt_token_ids),
+        messages=[{"role": m.role, "content": m.content} for m in msg.messages],
+        max_new_tokens=msg.max_new_tokens,
+        temperature=msg.temperature,
+        top_p=msg.top_p,
+        top_k=msg.top_k,
+        seed=msg.seed if msg.HasField("seed") else None,
+        num_samples=msg.num_samples,
+        stop=list(msg.stop),
+        return_logprobs=msg.return_logprobs,
+        draft=msg.draft,
+        k=msg.k if msg.HasField("k") else None,
+        policy=msg.policy,
+        model=msg.model,
+        probs_encoding=msg.probs_encoding,
+    )
+
+
+def result_to_pb(result: GenerationResult) -> orchestrator_pb2.GenerateResponse:
+    s = result.stats
+    generated = result.generated_tokens
+    stats = orchestrator_pb2.GenerationStats(
+        steps=s.steps,
+        draft_tokens=s.draft_tokens,
+        accepted_tokens=s.accepted_tokens,
+        acceptance_rate=s.accepted_tokens / s.draft_tokens if s.draft_tokens else 0.0,
+        mean_accepted_length=s.committed_tokens / s.steps if s.steps else 0.0,
+        generated_tokens=generated,
+        tokens_per_second=generated / (result.wall_ms / 1e3) if result.wall_ms > 0 else 0.0,
+        wall_ms=result.wall_ms,
+        draft_ms=s.draft_ms,
+        verify_ms=s.verify_ms,
+        network_ms=s.network_ms,
+        prefill_ms=s.prefill_ms,
+        time_to_first_token_ms=result.time_to_first_token_ms,
+    )
+    return orchestrator_pb2.GenerateResponse(
+        completions=[
+            orchestrator_pb2.Completion(
+                index=c.index,
+                text=c.text,
+                token_ids=c.token_ids,
+                finish_reason=c.finish_reason,
+                logprobs=c.logprobs,
+            )
+            for c in result.samples
+        ],
+        stats=stats,
+        prompt_token_ids=result.prompt_token_ids,
+        model=result.model,
+        draft=result.draft,
+        k=result.k,
+        policy=result.policy,
+        seed=result.seed,
+    )
+
+
+def delta_to_pb(delta: Delta) -> orchestrator_pb2.GenerateStreamResponse:
+    return orchestrator_pb2.GenerateStreamResponse(
+        delta=orchestrator_pb2.TokenDelta(
+            index=delta.index,
+            token_ids=delta.token_ids,
+            text=delta.text,
+            finish_reason=delta.finish_reason,
+            logprobs=delta.logprobs,
+        )
+    )
+
+
+class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
+    def __init__(self, core: OrchestratorCore) -> None:
+        self.core = core
+
+    async def aclose(self) -> None:
+        await self.core.close()
+
+    async def Generate(
+        self, request: orchestrator_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.GenerateResponse:
+        try:
+            return result_to_pb(await self.core.generate(request_from_pb(request)))
+        except Exception as exc:
+            await service.abort_with(context, exc)
+
+    async def GenerateStream(
+        self, request: orchestrator_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[orchestrator_pb2.GenerateStreamResponse]:
+        deltas: asyncio.Queue[orchestrator_pb2.GenerateStreamResponse] = asyncio.Queue()
+
+        async def on_delta(delta: Delta) -> None:
+            await deltas.put(delta_to_pb(delta))
+
+        task = asyncio.ensure_future(self.core.generate(request_from_pb(request), on_delta))
+        try:
+            while not (task.done() and deltas.empty()):
+                getter = asyncio.ensure_future(deltas.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            yield orchestrator_pb2.GenerateStreamResponse(done=result_to_pb(task.result()))
+        except Exception as exc:
+            await service.abort_with(context, exc)
+        finally:
+            task.cancel()  # the client went away: closing the session streams frees the KV caches
+
+
+async def serve(
+    verifier_address: str,
+    draft_address: str | None,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    limits: Limits | None = None,
+) -> service.RunningServer:
+    """Start the public API; `port=0` binds a free port (see `.port`)."""
+    servicer = OrchestratorServicer(OrchestratorCore(verifier_address, draft_address, limits))
+    return await service.start(
+        [SERVICE_NAME],
+        lambda server: orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(servicer, server),
+        servicer,
+        port,
+        host,
+    )

@@ -1,0 +1,110 @@
+"""Client ends of the per-session bidirectional streams to the verifier and the draft service.
+
+One stream per session: its lifetime is the session's, so closing it (or the client vanishing) frees the
+KV caches on the services.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from specdec.errors import Unavailable
+from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, verifier_pb2, verifier_pb2_grpc
+
+
+class _SessionStream:
+    def __init__(self, call: Any, peer: str) -> None:
+        self.call = call
+        self.peer = peer
+
+    async def _read(self, expected: str) -> Any:
+        response = await self.call.read()
+        if response is grpc.aio.EOF:
+            raise Unavailable(f"the {self.peer} closed the session stream")
+        kind = response.WhichOneof("kind")
+        if kind != expected:
+            raise Unavailable(f"the {self.peer} answered {kind!r} where {expected!r} was expected")
+        return getattr(response, kind)
+
+    async def close(self) -> None:
+        """Half-close and let the service end the stream (it frees the session then)."""
+        if self.call.done():
+            return
+        try:
+            await self.call.done_writing()
+            while await self.call.read() is not grpc.aio.EOF:
+                pass
+        except grpc.aio.AioRpcError:
+            pass
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+
+@dataclass
+class TimedVerdict:
+    verdict: verifier_pb2.Verdict
+    round_trip_ms: float
+
+
+class VerifierStream(_SessionStream):
+    def __init__(self, stub: verifier_pb2_grpc.VerifierStub, metadata: tuple = ()) -> None:
+        super().__init__(stub.Session(metadata=metadata), "verifier")
+
+    async def open(self, request: verifier_pb2.OpenVerifierSession) -> verifier_pb2.VerifierSessionOpened:
+        await self.call.write(verifier_pb2.VerifierRequest(open=request))
+        return await self._read("opened")
+
+    async def verify(
+        self,
+        position: int,
+        step: int,
+        tokens: list[int],
+        probs: list[common_pb2.TokenDistribution],
+    ) -> TimedVerdict:
+        start = time.perf_counter()
+        block = verifier_pb2.VerifyBlock(position=position, step=step, draft_token_ids=tokens, draft_probs=probs)
+        await self.call.write(verifier_pb2.VerifierRequest(verify=block))
+        verdict = await self._read("verdict")
+        return TimedVerdict(verdict, (time.perf_counter() - start) * 1e3)
+
+
+@dataclass
+class DraftBlock:
+    tokens: list[int] = field(default_factory=list)
+    probs: list[common_pb2.TokenDistribution] = field(default_factory=list)
+    draft_ms: float = 0.0
+    round_trip_ms: float = 0.0
+
+
+class DraftStream(_SessionStream):
+    def __init__(self, stub: draft_pb2_grpc.DraftStub, metadata: tuple = ()) -> None:
+        super().__init__(stub.Session(metadata=metadata), "draft service")
+
+    async def open(self, request: draft_pb2.OpenDraftSession) -> draft_pb2.DraftSessionOpened:
+        await self.call.write(draft_pb2.DraftRequest(open=request))
+        return await self._read("opened")
+
+    async def propose(self, position: int, step: int, max_tokens: int) -> DraftBlock:
+        """Collect the streamed chunks of one block."""
+        start = time.perf_counter()
+        request = draft_pb2.Propose(position=position, step=step, max_tokens=max_tokens)
+        await self.call.write(draft_pb2.DraftRequest(propose=request))
+        block = DraftBlock()
+        while True:
+            chunk = await self._read("chunk")
+            block.tokens.extend(chunk.token_ids)
+            block.probs.extend(chunk.probs)
+            if chunk.last:
+                block.draft_ms = chunk.draft_ms
+                break
+        block.round_trip_ms = (time.perf_counter() - start) * 1e3
+        return block
+
+    async def commit(self, position: int, tokens: list[int]) -> None:
+        """Not answered: a problem surfaces on the next read or as the stream's status."""
+        await self.call.write(draft_pb2.DraftRequest(commit=draft_pb2.Commit(position=position, token_ids=tokens)))

@@ -1,0 +1,39 @@
+"""The `--draft` syntax, parsed once for the CLI, the orchestrator and the draft service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from specdec.errors import InvalidArgument
+
+DEFAULT_NGRAM_MAX = 3
+SYNTAX = "none, ngram, ngram:MAX (1-8) or model:ID_OR_PATH"
+
+
+@dataclass(frozen=True)
+class DraftSpec:
+    kind: str  # "none" | "ngram" | "model"
+    model: str = ""  # for kind == "model": an HF id or a path
+    ngram_max: int = DEFAULT_NGRAM_MAX  # for kind == "ngram": longest suffix n-gram to look up
+
+    @property
+    def name(self) -> str:
+        if self.kind == "model":
+            return f"model:{self.model}"
+        if self.kind == "ngram" and self.ngram_max != DEFAULT_NGRAM_MAX:
+            return f"ngram:{self.ngram_max}"
+        return self.kind
+
+
+def parse_draft(text: str) -> DraftSpec:
+    kind, _, arg = text.strip().partition(":")
+    if kind == "none" and not arg:
+        return DraftSpec("none")
+    if kind == "ngram":
+        if not arg:
+            return DraftSpec("ngram")
+        if arg.isdigit() and 1 <= int(arg) <= 8:
+            return DraftSpec("ngram", ngram_max=int(arg))
+    if kind == "model" and arg:
+        return DraftSpec("model", model=arg)
+    raise InvalidArgument(f"draft must be {SYNTAX}; got {text!r}")

@@ -1,0 +1,69 @@
+"""A model's KV cache over one token sequence, with rollback by position. Shared by draft and verifier.
+
+The cache holds keys/values for `tokens` (positions 0 .. len(tokens)-1). Rollback keeps the longest common
+prefix of what is cached and what is committed, so rejected positions never survive a verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+@dataclass
+class ForwardOutput:
+    logits: torch.Tensor  # [T, V] next-token logits after each input token
+    hidden: torch.Tensor | None  # [T, H] final hidden states, when asked for
+
+
+@dataclass
+class CachedSequence:
+    """One session's KV cache and the tokens it covers."""
+
+    model: Any
+    cache: DynamicCache = field(default_factory=DynamicCache)
+    tokens: list[int] = field(default_factory=list)
+
+    def rollback(self, length: int) -> None:
+        """Drop cached positions >= length."""
+        excess = len(self.tokens) - length
+        if excess > 0:
+            self.cache.crop(-excess)
+            del self.tokens[length:]
+
+    def pending(self, committed: Sequence[int]) -> list[int]:
+        """Roll back to the part of the cache that agrees with `committed` (keeping at least the last
+        committed token uncached, so its next-token logits can be computed) and return the uncached tail."""
+        keep = min(common_prefix_length(self.tokens, committed), len(committed) - 1)
+        self.rollback(keep)
+        return list(committed[keep:])
+
+    def extend(self, token_ids: Sequence[int], want_hidden: bool = False) -> ForwardOutput:
+        """Run token_ids through the model in one forward pass, appending them to the cache."""
+        device = self.model.device
+        input_ids = torch.tensor([list(token_ids)], dtype=torch.long, device=device)  # [1, T]
+        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, output_hidden_states=want_hidden)
+        self.tokens.extend(int(t) for t in token_ids)
+        hidden = out.hidden_states[-1][0] if want_hidden else None  # [T, H]
+        return ForwardOutput(logits=out.logits[0], hidden=hidden)  # logits [T, V]
+
+    def nbytes(self) -> int:
+        total = 0
+        for layer in getattr(self.cache, "layers", []):
+            for name in ("keys", "values"):
+                t = getattr(layer, name, None)
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+        return total

@@ -1,0 +1,87 @@
+"""Turning logits into distributions and drawing random numbers, shared by draft and verifier.
+
+Both sides must apply exactly the same transformation (temperature, then top-k, then top-p) so that
+q and p are the distributions the rejection rule assumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from specdec.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Validated sampling parameters. temperature 0 means greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @staticmethod
+    def from_wire(temperature: float, top_k: int, top_p: float, seed: int) -> SamplingConfig:
+        """Apply proto3 defaults (0 = default) and check ranges."""
+        if not temperature >= 0.0:  # also catches NaN
+            raise InvalidArgument(f"temperature must be >= 0, got {temperature}")
+        if top_p == 0.0:
+            top_p = 1.0
+        if not 0.0 < top_p <= 1.0:
+            raise InvalidArgument(f"top_p must be in (0, 1], got {top_p}")
+        if top_k < 0:
+            raise InvalidArgument(f"top_k must be >= 0, got {top_k}")
+        return SamplingConfig(float(temperature), int(top_k), float(top_p), int(seed))
+
+
+def logits_to_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """logits[..., V] -> probs[..., V] (float32) after temperature, top-k and top-p; for sampling only."""
+    x = logits.float() / cfg.temperature  # [..., V]
+    if 0 < cfg.top_k < x.shape[-1]:
+        kth = torch.topk(x, cfg.top_k, dim=-1).values[..., -1:]  # [..., 1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)  # [..., V]
+        sorted_p = torch.softmax(sorted_x, dim=-1)
+        mass_before = torch.cumsum(sorted_p, dim=-1) - sorted_p  # [..., V] mass of strictly better tokens
+        drop_sorted = mass_before >= cfg.top_p  # keeps the smallest prefix reaching top_p (>= 1 token)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        x = x.masked_fill(drop, float("-inf"))
+    return torch.softmax(x, dim=-1)
+
+
+def derive_seed(seed: int, sample_index: int, stream: str) -> int:
+    """A 63-bit seed for one (request seed, sample, consumer) triple; independent streams per consumer."""
+    digest = hashlib.blake2b(f"{seed}:{sample_index}:{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def make_generator(seed: int, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def draw_acceptance_randoms(
+    gen: torch.Generator, k: int, vocab_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random inputs of one rejection-sampling step, drawn in a fixed order from the session's generator.
+
+    Returns uniforms[K] ~ U[0, 1) for the accept tests and noise[K+1, V] ~ Exp(1) for the exponential race
+    that samples recovered and bonus tokens (argmax(prob / noise) is a sample from prob).
+    """
+    uniforms = torch.rand(k, generator=gen, device=device)  # [K]
+    noise = torch.empty(k + 1, vocab_size, device=device).exponential_(generator=gen)  # [K+1, V]
+    return uniforms, noise.clamp_min_(torch.finfo(noise.dtype).tiny)
+
+
+def sample_from(probs: torch.Tensor, gen: torch.Generator) -> int:
+    """One token from probs[V]."""
+    return int(torch.multinomial(probs, 1, generator=gen).item())

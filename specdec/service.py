@@ -1,0 +1,129 @@
+"""gRPC plumbing shared by the three servers: server options, health, reflection, errors, model worker."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from specdec.errors import SpecdecError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Dense draft distributions are 4 bytes x vocabulary per position (196 KB at V = 49,152, 1.6 MB for K = 8);
+# tokenizer files are a few MB. gRPC's default 4 MiB receive limit is too small for either.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+def create_server() -> grpc.aio.Server:
+    return grpc.aio.server(options=CHANNEL_OPTIONS)
+
+
+def insecure_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
+    """gRPC health v1 (starts NOT_SERVING; call `set_serving`) and server reflection, for grpcurl & co."""
+    names = list(service_names)
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    return servicer
+
+
+async def set_serving(servicer: health.aio.HealthServicer, service_names: Iterable[str], serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ["", *service_names]:
+        await servicer.set(name, status)
+
+
+@dataclass
+class RunningServer:
+    """A started server, its bound port, health servicer and the application servicer."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: list[str]
+    servicer: Any
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Graceful stop: report NOT_SERVING, let in-flight calls finish within `grace`, then stop."""
+        await set_serving(self.health, self.service_names, False)
+        await self.server.stop(grace)
+        await self.servicer.aclose()
+
+
+async def start(
+    service_names: list[str],
+    register: Callable[[grpc.aio.Server], None],
+    servicer: Any,
+    port: int,
+    host: str,
+) -> RunningServer:
+    """Create, register, bind (port 0 = a free port), start and mark SERVING."""
+    server = create_server()
+    register(server)
+    health_servicer = add_health_and_reflection(server, service_names)
+    bound = bind(server, host, port)
+    await server.start()
+    await set_serving(health_servicer, service_names, True)
+    return RunningServer(server, bound, health_servicer, service_names, servicer)
+
+
+def bind(server: grpc.aio.Server, host: str, port: int) -> int:
+    """Bind an insecure port (0 = a free one) and return the port actually bound."""
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind {host}:{port}")
+    return bound
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+    """Map any failure to a precise status, in one place: domain errors and downstream RPC errors keep
+    their code; anything else is a bug and becomes INTERNAL."""
+    if isinstance(exc, SpecdecError):
+        await context.abort(exc.code, str(exc))
+    if isinstance(exc, grpc.aio.AioRpcError):
+        await context.abort(exc.code(), exc.details() or "")
+    log.exception("internal error", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+    raise AssertionError("unreachable")  # context.abort always raises
+
+
+class ModelWorker:
+    """Runs model work off the event loop on one dedicated thread: a queue consumed by one worker.
+
+    Health checks, cancellation and new sessions stay responsive while a forward pass runs (torch releases
+    the GIL in its ops). Batching several sessions into one forward later changes this class only.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(_no_grad, fn, *args))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _no_grad(fn: Callable[..., T], *args: Any) -> T:
+    with torch.inference_mode():
+        return fn(*args)

@@ -1,0 +1,68 @@
+"""Conversions between protobuf messages and tensors that both sides of a stream need."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from specdec.errors import InvalidArgument
+from specdec.sampling import SamplingConfig
+from specdec.v1 import common_pb2
+
+DENSE = common_pb2.PROBS_ENCODING_DENSE
+SPARSE = common_pb2.PROBS_ENCODING_SPARSE
+AUTO = common_pb2.PROBS_ENCODING_UNSPECIFIED
+
+
+def sampling_from_pb(msg: common_pb2.SamplingParams) -> SamplingConfig:
+    return SamplingConfig.from_wire(msg.temperature, msg.top_k, msg.top_p, msg.seed)
+
+
+def sampling_to_pb(cfg: SamplingConfig) -> common_pb2.SamplingParams:
+    return common_pb2.SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed)
+
+
+def encode_distribution(q: torch.Tensor, encoding: int) -> common_pb2.TokenDistribution:
+    """q[V] -> message. AUTO picks sparse when it is smaller (8 bytes per nonzero vs 4 per token)."""
+    q = q.detach().float().cpu()
+    support = torch.nonzero(q > 0).squeeze(1)  # [S]
+    if encoding == SPARSE or (encoding == AUTO and 2 * support.numel() < q.numel()):
+        return common_pb2.TokenDistribution(
+            sparse=common_pb2.SparseDistribution(token_ids=support.tolist(), probs=q[support].tolist())
+        )
+    return common_pb2.TokenDistribution(dense_f32=q.numpy().astype("<f4").tobytes())
+
+
+def decode_distribution(msg: common_pb2.TokenDistribution, vocab_size: int) -> torch.Tensor:
+    """message -> q[V] float32, validated."""
+    kind = msg.WhichOneof("encoding")
+    if kind == "dense_f32":
+        if len(msg.dense_f32) != 4 * vocab_size:
+            raise InvalidArgument(
+                f"draft_probs.dense_f32 must hold {vocab_size} float32 values, got {len(msg.dense_f32)} bytes"
+            )
+        q = torch.from_numpy(np.frombuffer(msg.dense_f32, dtype="<f4").astype(np.float32))
+    elif kind == "sparse":
+        ids, probs = list(msg.sparse.token_ids), list(msg.sparse.probs)
+        if len(ids) != len(probs) or not ids:
+            raise InvalidArgument("draft_probs.sparse needs as many probs as token_ids, at least one")
+        if max(ids) >= vocab_size:
+            raise InvalidArgument(f"draft_probs.sparse.token_ids must be < {vocab_size}")
+        q = torch.zeros(vocab_size, dtype=torch.float32)
+        q[torch.tensor(ids)] = torch.tensor(probs, dtype=torch.float32)
+    else:
+        raise InvalidArgument("draft_probs entry has no encoding set")
+    if not bool(torch.isfinite(q).all()) or bool((q < 0).any()):
+        raise InvalidArgument("draft_probs must be finite and non-negative")
+    return q
+
+
+def decode_distributions(
+    msgs: list[common_pb2.TokenDistribution], num_tokens: int, vocab_size: int
+) -> torch.Tensor | None:
+    """The q rows of a block as [K, V], or None (one-hot q) when none were sent."""
+    if not msgs:
+        return None
+    if len(msgs) != num_tokens:
+        raise InvalidArgument(f"draft_probs has {len(msgs)} entries for {num_tokens} draft tokens")
+    return torch.stack([decode_distribution(m, vocab_size) for m in msgs])

@@ -1,0 +1,201 @@
+"""The verifier's core, free of gRPC: sessions over the target model, one forward pass per block.
+
+Invariant between verdicts: the session's KV cache covers committed positions only, and at least the last
+committed token is uncached, so a verify pass feeds [uncached committed tail, d_1 .. d_K] and reads the
+K+1 next-token distributions for positions n .. n+K.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from specdec import kernels
+from specdec.errors import FailedPrecondition, InvalidArgument, OutOfRange
+from specdec.kvcache import CachedSequence
+from specdec.modeling import LoadedModel
+from specdec.sampling import (
+    SamplingConfig,
+    derive_seed,
+    draw_acceptance_randoms,
+    logits_to_probs,
+    make_generator,
+)
+
+POLICIES = ("exact", "rejection")
+
+ACCEPTED, REJECTED, SKIPPED = "accepted", "rejected", "skipped"
+
+
+def resolve_policy(policy: str, sampling: SamplingConfig) -> str:
+    """Empty means exact at temperature 0, rejection otherwise. At temperature 0 both are exact match."""
+    if policy not in ("", *POLICIES):
+        raise InvalidArgument(f"policy must be one of {POLICIES}, got {policy!r}")
+    if policy == "exact" and not sampling.greedy:
+        raise InvalidArgument("policy 'exact' needs temperature 0; use 'rejection' to sample losslessly")
+    return "exact" if sampling.greedy else "rejection"
+
+
+@dataclass
+class SessionOptions:
+    prompt_token_ids: list[int]
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    policy: str = ""
+    return_logprobs: bool = False
+    return_hidden_states: bool = False
+
+
+@dataclass
+class VerifyOutcome:
+    num_accepted: int
+    token_ids: list[int]  # accepted draft tokens + recovered/bonus token
+    outcomes: list[str]  # one per draft token: accepted / rejected / skipped
+    bonus: bool
+    committed_length: int
+    forward_ms: float
+    accept_ms: float
+    logprobs: list[float]
+    hidden_start: int = 0
+    hidden: torch.Tensor | None = None  # [positions, H] for committed positions hidden_start ..
+
+
+class VerifierSession:
+    """One sequence being generated: its committed tokens, KV cache and random generator."""
+
+    def __init__(self, lm: LoadedModel, options: SessionOptions) -> None:
+        prompt = options.prompt_token_ids
+        if not prompt:
+            raise InvalidArgument("prompt_token_ids must contain at least one token")
+        _check_token_ids(prompt, lm.vocab_size, "prompt_token_ids")
+        if len(prompt) >= lm.max_context:
+            raise OutOfRange(f"prompt has {len(prompt)} tokens; the target's context is {lm.max_context}")
+        self.lm = lm
+        self.options = options
+        self.policy = resolve_policy(options.policy, options.sampling)
+        self.committed: list[int] = list(prompt)
+        self.kv = CachedSequence(lm.model)
+        self.generator = make_generator(derive_seed(options.sampling.seed, 0, "verifier"), lm.device)
+
+    @property
+    def committed_length(self) -> int:
+        return len(self.committed)
+
+    def prefill(self) -> float:
+        """Cache the prompt except its last token; returns milliseconds."""
+        start = time.perf_counter()
+        pending = self.kv.pending(self.committed)
+        if len(pending) > 1:
+            self.kv.extend(pending[:-1])
+        return (time.perf_counter() - start) * 1e3
+
+    def verify(self, position: int, draft_tokens: list[int], draft_probs: torch.Tensor | None) -> VerifyOutcome:
+        """Verify draft_tokens (for positions position ..) in one forward pass and commit the verdict.
+
+        draft_probs: q as [K, V] float32, or None for one-hot q (deterministic drafts).
+        """
+        k = len(draft_tokens)
+        self._check_block(position, draft_tokens, draft_probs)
+        start = time.perf_counter()
+        pending = self.kv.pending(self.committed)  # uncached committed tail, >= 1 token
+        out = self.kv.extend(pending + draft_tokens, want_hidden=self.options.return_hidden_states)
+        block_logits = out.logits[len(pending) - 1 :]  # [K+1, V] distributions for positions n .. n+K
+        forward_done = time.perf_counter()
+
+        num_accepted, final_token = self._accept(block_logits, draft_tokens, draft_probs)
+        committed_now = [*draft_tokens[:num_accepted], final_token]
+        accept_done = time.perf_counter()
+
+        first_uncached = len(self.kv.tokens) - len(pending) - k  # position of pending[0]
+        self.committed.extend(committed_now)
+        self.kv.rollback(position + num_accepted)  # rejected positions never survive a verdict
+        logprobs = self._logprobs(block_logits[: num_accepted + 1], committed_now)
+        hidden = None
+        if out.hidden is not None:  # rows for the committed inputs: pending + accepted drafts
+            hidden = out.hidden[: len(pending) + num_accepted].float().cpu()
+        outcomes = [ACCEPTED] * num_accepted
+        if num_accepted < k:
+            outcomes += [REJECTED] + [SKIPPED] * (k - num_accepted - 1)
+        return VerifyOutcome(
+            num_accepted=num_accepted,
+            token_ids=committed_now,
+            outcomes=outcomes,
+            bonus=num_accepted == k,
+            committed_length=len(self.committed),
+            forward_ms=(forward_done - start) * 1e3,
+            accept_ms=(accept_done - forward_done) * 1e3,
+            logprobs=logprobs,
+            hidden_start=first_uncached,
+            hidden=hidden,
+        )
+
+    def _accept(
+        self, block_logits: torch.Tensor, draft_tokens: list[int], draft_probs: torch.Tensor | None
+    ) -> tuple[int, int]:
+        """Run the policy through the kernels API with B = 1. Returns (num_accepted, final token)."""
+        k = len(draft_tokens)
+        device = block_logits.device
+        tokens = torch.tensor([draft_tokens], dtype=torch.long, device=device).reshape(1, k)  # [1, K]
+        num_draft = torch.tensor([k], device=device)  # [1]
+        if self.policy == "exact":
+            accepted, output = kernels.greedy_verify(block_logits[None], tokens, num_draft)
+        else:
+            p = logits_to_probs(block_logits, self.options.sampling)  # [K+1, V]
+            q = None if draft_probs is None else draft_probs.to(device)[None]  # [1, K, V]
+            uniforms, noise = draw_acceptance_randoms(self.generator, k, p.shape[-1], device)
+            accepted, output = kernels.rejection_sample(p[None], q, tokens, num_draft, uniforms[None], noise[None])
+        a = int(accepted[0])
+        return a, int(output[0, a])
+
+    def _logprobs(self, logits: torch.Tensor, tokens: list[int]) -> list[float]:
+        if not self.options.return_logprobs:
+            return []
+        logp = torch.log_softmax(logits.float(), dim=-1)  # [a+1, V]
+        index = torch.tensor(tokens, device=logp.device)[:, None]
+        return logp.gather(1, index).squeeze(1).tolist()
+
+    def _check_block(self, position: int, tokens: list[int], probs: torch.Tensor | None) -> None:
+        if position != self.committed_length:
+            raise FailedPrecondition(
+                f"block position {position} does not match the committed length {self.committed_length}"
+            )
+        _check_token_ids(tokens, self.lm.vocab_size, "draft_token_ids")
+        if position + len(tokens) + 1 > self.lm.max_context:
+            raise OutOfRange(f"block would reach position {position + len(tokens)}; context is {self.lm.max_context}")
+        if probs is None:
+            return
+        if self.policy != "rejection":
+            raise InvalidArgument("draft_probs are only used by the 'rejection' policy")
+        if probs.shape != (len(tokens), self.lm.vocab_size):
+            raise InvalidArgument(
+                f"draft_probs must have one row of {self.lm.vocab_size} per draft token, got {tuple(probs.shape)}"
+            )
+        if tokens:
+            q_of_draft = probs[torch.arange(len(tokens)), torch.tensor(tokens)]
+            if bool((q_of_draft <= 0).any()):
+                raise InvalidArgument("draft_probs give probability 0 to a drafted token")
+
+
+def _check_token_ids(ids: list[int], vocab_size: int, field_name: str) -> None:
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        raise InvalidArgument(f"{field_name} has ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
+
+
+class VerifierCore:
+    """The served target and its live sessions."""
+
+    def __init__(self, lm: LoadedModel) -> None:
+        self.lm = lm
+        self.live_sessions = 0
+
+    def open_session(self, options: SessionOptions) -> tuple[VerifierSession, float]:
+        session = VerifierSession(self.lm, options)
+        prefill_ms = session.prefill()
+        self.live_sessions += 1
+        return session, prefill_ms
+
+    def close_session(self, session: VerifierSession) -> None:
+        session.kv.rollback(0)
+        self.live_sessions -= 1

@@ -1,0 +1,150 @@
+"""The verifier's gRPC server: a thin servicer (protobuf -> domain -> core -> protobuf)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+from specdec.verifier_service.core import (
+    ACCEPTED,
+    REJECTED,
+    SessionOptions,
+    VerifierCore,
+    VerifierSession,
+    VerifyOutcome,
+)
+
+from specdec import service
+from specdec.errors import FailedPrecondition
+from specdec.modeling import LoadedModel, load_model
+from specdec.v1 import verifier_pb2, verifier_pb2_grpc
+from specdec.wire import decode_distributions, sampling_from_pb
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
+_OUTCOME_PB = {
+    ACCEPTED: verifier_pb2.DRAFT_OUTCOME_ACCEPTED,
+    REJECTED: verifier_pb2.DRAFT_OUTCOME_REJECTED,
+}
+
+
+def tokenizer_files(lm: LoadedModel) -> dict[str, bytes]:
+    """The tokenizer as files, so clients (the orchestrator) need no copy of the model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        lm.tokenizer.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+
+def verdict_to_pb(step: int, position: int, v: VerifyOutcome) -> verifier_pb2.Verdict:
+    msg = verifier_pb2.Verdict(
+        step=step,
+        position=position,
+        num_accepted=v.num_accepted,
+        token_ids=v.token_ids,
+        outcomes=[_OUTCOME_PB.get(o, verifier_pb2.DRAFT_OUTCOME_SKIPPED) for o in v.outcomes],
+        bonus=v.bonus,
+        committed_length=v.committed_length,
+        forward_ms=v.forward_ms,
+        accept_ms=v.accept_ms,
+        logprobs=v.logprobs,
+    )
+    if v.hidden is not None:
+        msg.hidden_states.start_position = v.hidden_start
+        msg.hidden_states.hidden_size = v.hidden.shape[1]
+        msg.hidden_states.data_f32 = v.hidden.numpy().astype("<f4").tobytes()
+    return msg
+
+
+class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
+    def __init__(self, core: VerifierCore) -> None:
+        self.core = core
+        self.worker = service.ModelWorker("verifier-model")
+        self._tokenizer_files: dict[str, bytes] | None = None
+
+    async def aclose(self) -> None:
+        self.worker.shutdown()
+
+    async def GetModelInfo(
+        self, request: verifier_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> verifier_pb2.ModelInfo:
+        lm = self.core.lm
+        info = verifier_pb2.ModelInfo(
+            name=lm.name,
+            vocab_size=lm.vocab_size,
+            vocab_fingerprint=lm.fingerprint,
+            eos_token_ids=lm.eos_token_ids,
+            max_context=lm.max_context,
+            device=str(lm.device),
+            dtype=str(lm.dtype).removeprefix("torch."),
+            hidden_size=int(lm.model.config.hidden_size),
+        )
+        if request.include_tokenizer:
+            if self._tokenizer_files is None:
+                self._tokenizer_files = tokenizer_files(lm)
+            info.tokenizer_files.update(self._tokenizer_files)
+        return info
+
+    async def Session(
+        self, request_iterator: AsyncIterator[verifier_pb2.VerifierRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[verifier_pb2.VerifierResponse]:
+        session: VerifierSession | None = None
+        try:
+            async for request in request_iterator:
+                kind = request.WhichOneof("kind")
+                if kind == "open":
+                    if session is not None:
+                        raise FailedPrecondition("the session is already open")
+                    opened, prefill_ms = await self.worker.run(self.core.open_session, _options_from_pb(request.open))
+                    session = opened
+                    yield verifier_pb2.VerifierResponse(
+                        opened=verifier_pb2.VerifierSessionOpened(
+                            committed_length=opened.committed_length,
+                            prefill_ms=prefill_ms,
+                            policy=opened.policy,
+                        )
+                    )
+                elif kind == "verify":
+                    if session is None:
+                        raise FailedPrecondition("the first message of a session must be `open`")
+                    block = request.verify
+                    tokens = list(block.draft_token_ids)
+                    probs = decode_distributions(list(block.draft_probs), len(tokens), self.core.lm.vocab_size)
+                    outcome = await self.worker.run(session.verify, block.position, tokens, probs)
+                    yield verifier_pb2.VerifierResponse(verdict=verdict_to_pb(block.step, block.position, outcome))
+                else:
+                    raise FailedPrecondition("a request must set `open` or `verify`")
+        except Exception as exc:
+            await service.abort_with(context, exc)
+        finally:
+            if session is not None:
+                await self.worker.run(self.core.close_session, session)
+
+
+def _options_from_pb(msg: verifier_pb2.OpenVerifierSession) -> SessionOptions:
+    return SessionOptions(
+        prompt_token_ids=list(msg.prompt_token_ids),
+        sampling=sampling_from_pb(msg.sampling),
+        policy=msg.policy,
+        return_logprobs=msg.return_logprobs,
+        return_hidden_states=msg.return_hidden_states,
+    )
+
+
+async def serve(lm: LoadedModel, port: int = 0, host: str = "127.0.0.1") -> service.RunningServer:
+    """Start a verifier for an already loaded target; `port=0` binds a free port (see `.port`)."""
+    servicer = VerifierServicer(VerifierCore(lm))
+    return await service.start(
+        [SERVICE_NAME],
+        lambda server: verifier_pb2_grpc.add_VerifierServicer_to_server(servicer, server),
+        servicer,
+        port,
+        host,
+    )
+
+
+def load_target(target: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    log.info("loading target %s", target or "(default)")
+    return load_model(target, device=device, dtype=dtype)
