@@ -39,6 +39,14 @@ class EmbeddedStack:
         lm = self.target_model
         if lm is None:
             lm = await asyncio.to_thread(load_model, self.target, self.device, self.dtype)
+        try:
+            await self._start(lm)
+        except BaseException:
+            await self.__aexit__(None, None, None)  # never leave half a stack running
+            raise
+        return self
+
+    async def _start(self, lm: LoadedModel) -> None:
         verifier = await serve_verifier(lm)
         self.servers.append(verifier)
         draft_core = DraftCore(self.device, self.dtype)
@@ -49,7 +57,6 @@ class EmbeddedStack:
             f"127.0.0.1:{verifier.port}", f"127.0.0.1:{draft.port}", limits=self.limits
         )
         self.servers.append(orchestrator)
-        return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from specdec.kernels.reference import PAD
 
 from specdec import kernels
-from specdec.kernels.reference import PAD
 from specdec.sampling import draw_acceptance_randoms, make_generator
 
 
@@ -97,9 +97,7 @@ def simulate(p: torch.Tensor, q: torch.Tensor, one_hot: bool, steps: int = 3, se
             draft_probs = q_rows
         uniforms = torch.rand(N, K, generator=gen)
         noise = torch.empty(N, K + 1, V).exponential_(generator=gen)
-        accepted, out = kernels.rejection_sample(
-            target, draft_probs, drafts, torch.full((N,), K), uniforms, noise
-        )
+        accepted, out = kernels.rejection_sample(target, draft_probs, drafts, torch.full((N,), K), uniforms, noise)
         for i in range(K + 1):
             keep = i <= accepted
             tokens[rows[keep], pos[keep, i]] = out[keep, i]
@@ -127,7 +125,7 @@ def test_rejection_sampling_preserves_the_target_distribution(one_hot: bool) -> 
         draft_dist = one_hot_q(p, j) if one_hot else q[j]
         assert tv(emp, draft_dist) > 0.2, f"position {j} looks like the draft's distribution"
 
-    (start1, accepted1), (start2, _), _ = history
+    (_start1, accepted1), (start2, _), _ = history
     after_rejection = accepted1 < K  # the next step's first token follows a recovered token
     after_bonus = accepted1 == K
     assert after_rejection.sum() > 1000 and after_bonus.sum() > (1000 if not one_hot else 100)
@@ -163,7 +161,7 @@ def test_seeded_randoms_repeat_exactly() -> None:
 
 def test_identical_draft_and_target_always_accept() -> None:
     p, _ = far_tables(seed=4)
-    tokens, history = simulate(p, p.clone(), one_hot=False, steps=1)
+    _tokens, history = simulate(p, p.clone(), one_hot=False, steps=1)
     assert bool((history[0][1] == K).all())
 
 

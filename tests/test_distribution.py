@@ -1,0 +1,107 @@
+"""Rejection sampling through the real services preserves the target's distribution, for each way q is sent:
+dense float32 rows, sparse supports, and one-hot (n-gram drafts send no q)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from specdec.orchestrator.client import SpecdecClient
+from specdec.orchestrator.core import Limits
+from specdec.orchestrator.embedded import EmbeddedStack
+
+from specdec.sampling import SamplingConfig, logits_to_probs
+from specdec.v1 import common_pb2
+from tests.helpers import load
+
+NEW_TOKENS, K, SAMPLES_PER_CALL, CALLS = 3, 2, 64, 20
+SAMPLING = SamplingConfig(temperature=1.0)
+
+
+def exact_marginals(lm, prompt: list[int], positions: int) -> list[torch.Tensor]:
+    """The model's marginal distribution of each of the first `positions` generated tokens, by enumeration.
+
+    Index V stands for "generation already ended" (an EOS came earlier)."""
+    vocab, eos = lm.vocab_size, set(lm.eos_token_ids)
+    marginals = []
+    prefixes: list[tuple[tuple[int, ...], float]] = [((), 1.0)]
+    ended = 0.0
+    for _ in range(positions):
+        batch = torch.tensor([prompt + list(p) for p, _ in prefixes])
+        with torch.inference_mode():
+            probs = logits_to_probs(lm.model(batch).logits[:, -1], SAMPLING)  # [P, V]
+        weights = torch.tensor([w for _, w in prefixes])
+        marginals.append(torch.cat([(weights[:, None] * probs).sum(0), torch.tensor([ended])]))
+        grown = [((*p, t), w * float(probs[i, t])) for i, (p, w) in enumerate(prefixes) for t in range(vocab)]
+        ended += sum(w for p, w in grown if p[-1] in eos)
+        prefixes = [(p, w) for p, w in grown if p[-1] not in eos]
+    return marginals
+
+
+def repetitive_prompt(lm) -> list[int]:
+    """The target's own greedy path, repeated: the n-gram draft then proposes tokens the target likes."""
+    path = [3]
+    with torch.inference_mode():
+        for _ in range(5):
+            path.append(int(lm.model(torch.tensor([path])).logits[0, -1].argmax()))
+    return path + path[:3]
+
+
+def tv(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 0.5 * float((a - b).abs().sum())
+
+
+@pytest.fixture
+async def v16_stack(small_vocab_target: Path):
+    async with EmbeddedStack(target=str(small_vocab_target), device="cpu", limits=Limits(samples_in_flight=16)) as s:
+        yield s
+
+
+@pytest.mark.parametrize(
+    ("draft_kind", "encoding"),
+    [
+        ("model", common_pb2.PROBS_ENCODING_DENSE),
+        ("model", common_pb2.PROBS_ENCODING_SPARSE),
+        ("ngram", common_pb2.PROBS_ENCODING_UNSPECIFIED),
+    ],
+    ids=["dense-q", "sparse-q", "one-hot-q"],
+)
+async def test_sampled_tokens_follow_the_target(v16_stack, small_vocab_target, small_vocab_draft, draft_kind, encoding):
+    target = load(str(small_vocab_target))
+    draft_lm = load(str(small_vocab_draft))
+    prompt = repetitive_prompt(target)
+    p = exact_marginals(target, prompt, NEW_TOKENS)
+    q_first = exact_marginals(draft_lm, prompt, 1)[0]
+    assert tv(p[0], q_first) >= 0.3, "the draft must be far from the target for this test to mean anything"
+
+    draft = f"model:{small_vocab_draft}" if draft_kind == "model" else "ngram"
+    counts = torch.zeros(NEW_TOKENS, target.vocab_size + 1)  # last column: generation had ended
+    drafted = accepted = 0
+    async with SpecdecClient(v16_stack.address) as client:
+        for call in range(CALLS):
+            response = await client.generate(
+                prompt_token_ids=prompt,
+                max_new_tokens=NEW_TOKENS,
+                temperature=1.0,
+                seed=call,
+                num_samples=SAMPLES_PER_CALL,
+                draft=draft,
+                k=K,
+                probs_encoding=encoding,
+            )
+            drafted += response.stats.draft_tokens
+            accepted += response.stats.accepted_tokens
+            for completion in response.completions:
+                tokens = list(completion.token_ids) + [target.vocab_size] * NEW_TOKENS
+                for position, token in enumerate(tokens[:NEW_TOKENS]):
+                    counts[position, token] += 1
+    assert drafted > 0 and 0 < accepted < drafted  # both accept and reject paths were exercised
+    samples = CALLS * SAMPLES_PER_CALL
+    for position in range(NEW_TOKENS):
+        empirical = counts[position] / counts[position].sum()
+        assert counts[position].sum() == samples
+        # sampling noise at 1,280 samples over 17 outcomes is ~0.045 TV; a wrong rule is off by >= 0.3
+        assert tv(empirical, p[position]) < 0.1, f"position {position}: TV {tv(empirical, p[position]):.3f}"
+    if draft_kind == "model":
+        assert tv(counts[0] / samples, q_first) > 0.2
