@@ -1,0 +1,74 @@
+"""The CLI as users run it: three `specdec serve` processes on free ports, then `specdec generate` against them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.helpers import assert_greedy_identical, hf_greedy, load
+
+SPECDEC = [sys.executable, "-m", "specdec.orchestrator.cli"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+@contextmanager
+def serving(*args: str) -> Iterator[str]:
+    """Run `specdec serve ... --port 0`, yield its address, then SIGTERM it and expect a clean exit."""
+    proc = subprocess.Popen([*SPECDEC, "serve", *args, "--port", "0"], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"listening on (\S+)", line)
+        assert match, f"unexpected first line: {line!r}"
+        yield match.group(1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def generate(*args: str) -> dict:
+    out = subprocess.run([*SPECDEC, "generate", *args, "--json"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_three_served_processes_and_a_cli_client(tiny_target: Path) -> None:
+    lm = load(str(tiny_target))
+    with (
+        serving("verifier", "--target", str(tiny_target), "--device", "cpu") as verifier,
+        serving("draft", "--preload", f"model:{tiny_target}") as draft,
+        serving("orchestrator", "--verifier-addr", verifier, "--draft-addr", draft) as orchestrator,
+    ):
+        result = generate(
+            "--orchestrator", orchestrator, "--prompt", "def add(a, b):", "--max-new-tokens", "20",
+            "--draft", f"model:{tiny_target}", "--k", "3",
+        )  # fmt: skip
+        reference = hf_greedy(lm, result["prompt_token_ids"], 20)
+        assert_greedy_identical(lm, result["prompt_token_ids"], result["token_ids"], reference)
+        assert result["stats"]["acceptance_rate"] == 1.0
+        assert result["finish_reason"] == "length"
+
+        many = generate(
+            "--orchestrator", orchestrator, "--prompt", "hello", "--max-new-tokens", "5",
+            "--temperature", "0.8", "--seed", "3", "--num-samples", "3",
+        )  # fmt: skip
+        assert len(many["token_ids"]) == len(many["text"]) == len(many["finish_reason"]) == 3
+        assert many["seed"] == 3
+
+
+def test_generate_reports_errors_with_their_status(tiny_target: Path) -> None:
+    out = subprocess.run(
+        [*SPECDEC, "generate", "--target", str(tiny_target), "--prompt", "x", "--temperature", "-1"],
+        capture_output=True, text=True, env=ENV, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "INVALID_ARGUMENT" in out.stderr and "temperature" in out.stderr

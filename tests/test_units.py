@@ -1,0 +1,103 @@
+"""Small pure pieces: n-gram lookup, sampling transforms, text assembly, draft syntax, KV rollback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from specdec.draft_service.drafts import lookup_continuation
+from specdec.orchestrator.text import OutputText
+
+from specdec.draftspec import parse_draft
+from specdec.errors import InvalidArgument
+from specdec.kvcache import common_prefix_length
+from specdec.sampling import SamplingConfig, derive_seed, logits_to_probs
+from specdec.wire import DENSE, SPARSE, decode_distribution, encode_distribution
+
+
+def test_ngram_lookup_prefers_the_longest_then_most_recent_match() -> None:
+    assert lookup_continuation([1, 2, 3, 9, 1, 2, 3, 8, 5, 2, 3], 3, 4) == [8, 5, 2, 3]  # "2 3" most recently -> 8
+    assert lookup_continuation([1, 2, 3, 4, 7, 7, 2, 3], 2, 3) == [4, 7, 7]
+    assert lookup_continuation([5, 6, 7], 3, 4) == []  # no earlier occurrence
+    assert lookup_continuation([5], 3, 4) == []
+    assert lookup_continuation([1, 2, 1, 2], 2, 0) == []
+    assert lookup_continuation([4, 4, 4], 1, 5) == [4]  # continuation stops at the sequence end
+
+
+def test_top_k_and_top_p_truncate_then_renormalise() -> None:
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    p = logits_to_probs(logits, SamplingConfig(temperature=1.0, top_k=2))
+    assert torch.allclose(p, torch.tensor([0.625, 0.375, 0.0, 0.0]))
+    p = logits_to_probs(logits, SamplingConfig(temperature=1.0, top_p=0.8))  # 0.5 + 0.3 reaches 0.8
+    assert torch.allclose(p, torch.tensor([0.625, 0.375, 0.0, 0.0]))
+    p = logits_to_probs(logits, SamplingConfig(temperature=1.0, top_p=0.81))
+    assert torch.allclose(p, torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95)
+    p = logits_to_probs(logits, SamplingConfig(temperature=1.0, top_p=0.1))  # the top token always stays
+    assert torch.allclose(p, torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    hot = logits_to_probs(logits, SamplingConfig(temperature=0.5))
+    assert torch.allclose(hot, torch.softmax(logits / 0.5, -1))
+    with_inf = logits_to_probs(torch.tensor([0.0, float("-inf"), 1.0]), SamplingConfig(temperature=1.0, top_k=2))
+    assert with_inf[1] == 0 and torch.isclose(with_inf.sum(), torch.tensor(1.0))
+
+
+def test_sampling_config_validates_and_applies_defaults() -> None:
+    assert SamplingConfig.from_wire(0.0, 0, 0.0, 1).top_p == 1.0
+    for bad in [(-0.1, 0, 1.0), (float("nan"), 0, 1.0), (1.0, 0, 1.5), (1.0, -1, 1.0)]:
+        with pytest.raises(InvalidArgument):
+            SamplingConfig.from_wire(bad[0], bad[1], bad[2], 0)
+
+
+def test_derived_seeds_differ_per_sample_and_consumer() -> None:
+    seeds = {derive_seed(1, i, s) for i in range(4) for s in ("verifier", "draft")}
+    assert len(seeds) == 8 and derive_seed(1, 0, "draft") == derive_seed(1, 0, "draft")
+
+
+def test_distribution_encodings_round_trip_exactly() -> None:
+    q = torch.softmax(torch.randn(50), -1)
+    q[q < 0.01] = 0
+    for encoding in (DENSE, SPARSE):
+        assert torch.equal(decode_distribution(encode_distribution(q, encoding), 50), q)
+    with pytest.raises(InvalidArgument):
+        decode_distribution(encode_distribution(q, DENSE), 49)
+
+
+class CharTokenizer:
+    """Token i is chr(i); 0 is a special EOS that decodes to nothing."""
+
+    def decode(self, tokens: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(chr(t) for t in tokens if t != 0)
+
+
+def ids(text: str) -> list[int]:
+    return [ord(c) for c in text]
+
+
+def test_output_text_holds_back_possible_stop_prefixes() -> None:
+    text = OutputText(CharTokenizer(), ["END"])
+    assert text.add(ids("abcE")) == "abc"  # "E" might start "END"
+    assert text.add(ids("Nx")) == "ENx"  # it did not
+    assert text.add(ids("yEN")) == "y"
+    assert text.add(ids("Dzz")) == "" and text.stopped
+    assert text.emitted == "abcENxy"
+    assert text.tokens == ids("abcENxyEND")  # trimmed to the token completing the stop string
+
+
+def test_output_text_flush_releases_held_text_at_the_end() -> None:
+    text = OutputText(CharTokenizer(), ["END"])
+    assert text.add(ids("abEN")) == "ab"
+    assert text.flush() == "EN" and text.emitted == "abEN"
+
+
+def test_draft_syntax() -> None:
+    assert parse_draft("ngram").name == "ngram"
+    assert parse_draft("ngram:5").ngram_max == 5
+    assert parse_draft("model:org/name").model == "org/name"
+    assert parse_draft("none").kind == "none"
+    for bad in ["", "ngram:0", "ngram:x", "model:", "eagle"]:
+        with pytest.raises(InvalidArgument):
+            parse_draft(bad)
+
+
+def test_common_prefix_length() -> None:
+    assert common_prefix_length([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert common_prefix_length([1, 2], [1, 2, 3]) == 2
+    assert common_prefix_length([], [1]) == 0
