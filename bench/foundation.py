@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from specdec.bench.peers import hf_generate
+from specdec.modeling import LoadedModel, chat_prompt_ids, load_model
 from specdec.orchestrator.client import SpecdecClient
 from specdec.orchestrator.embedded import EmbeddedStack
-
-from specdec.modeling import LoadedModel, load_model
 
 CODE_SNIPPET = """def summarize_orders(orders, min_total=0.0):
     tmp = {}
@@ -133,24 +134,7 @@ class Summary:
 
 def prompt_token_ids(lm: LoadedModel, content: str) -> list[int]:
     """One user message through the chat template with a generation prompt, as the orchestrator does."""
-    messages = [{"role": "user", "content": content}]
-    text = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return list(lm.tokenizer.encode(text, add_special_tokens=False))
-
-
-def hf_generate(lm: LoadedModel, ids: list[int], max_new_tokens: int) -> list[int]:
-    """Plain HF greedy `generate` on the same model object; returns the new token ids (EOS included)."""
-    inputs = torch.tensor([ids], device=lm.device)
-    with torch.inference_mode():
-        out = lm.model.generate(
-            inputs,
-            attention_mask=torch.ones_like(inputs),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=lm.eos_token_ids,
-            pad_token_id=lm.eos_token_ids[0],
-        )
-    return [int(t) for t in out[0, len(ids) :].tolist()]
+    return chat_prompt_ids(lm.tokenizer, [{"role": "user", "content": content}])
 
 
 def stats_to_dict(stats: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from specdec.draft_service.drafts import Drafter, ModelDrafter, NgramDrafter, Proposal
-
 from specdec.draftspec import DraftSpec, parse_draft
 from specdec.errors import FailedPrecondition, InvalidArgument
 from specdec.modeling import LoadedModel, canonical_name, load_model

@@ -7,10 +7,10 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
-from specdec.draft_service.core import DraftCore, DraftOptions, DraftSession
-from specdec.draft_service.drafts import Proposal
 
 from specdec import service
+from specdec.draft_service.core import DraftCore, DraftOptions, DraftSession
+from specdec.draft_service.drafts import Proposal
 from specdec.errors import FailedPrecondition
 from specdec.v1 import draft_pb2, draft_pb2_grpc
 from specdec.wire import encode_distribution, sampling_from_pb

@@ -129,11 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _serve(args: argparse.Namespace) -> None:
     from specdec.draft_service.core import DraftCore
     from specdec.draft_service.server import serve as serve_draft
+    from specdec.modeling import load_model
     from specdec.orchestrator.core import Limits
     from specdec.orchestrator.server import serve as serve_orchestrator
     from specdec.verifier_service.server import serve as serve_verifier
-
-    from specdec.modeling import load_model
 
     if args.service == "verifier":
         lm = await asyncio.to_thread(load_model, args.target, args.device, args.dtype)

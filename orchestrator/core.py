@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specdec.orchestrator.loop import LoopStats, OnDelta, SampleResult, SampleSpec, run_sample
-from specdec.orchestrator.streams import DraftStream, VerifierStream
 from transformers import AutoTokenizer
 
 from specdec import service
 from specdec.draftspec import parse_draft
 from specdec.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
-from specdec.modeling import canonical_name, is_default_model
+from specdec.modeling import canonical_name, chat_prompt_ids, is_default_model
+from specdec.orchestrator.loop import LoopStats, OnDelta, SampleResult, SampleSpec, run_sample
+from specdec.orchestrator.streams import DraftStream, VerifierStream
 from specdec.sampling import SamplingConfig, derive_seed
 from specdec.v1 import common_pb2, draft_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 
@@ -239,8 +239,7 @@ class OrchestratorCore:
                     raise InvalidArgument(f"messages[{i}].role must be system, user or assistant")
             if not tokenizer.chat_template:
                 raise FailedPrecondition(f"target {target.name} has no chat template; send a prompt instead")
-            text = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
-            return list(tokenizer.encode(text, add_special_tokens=False))
+            return chat_prompt_ids(tokenizer, request.messages)
         ids = list(tokenizer.encode(request.prompt))
         if not ids:
             raise InvalidArgument("prompt tokenizes to no tokens")

@@ -7,14 +7,13 @@ import logging
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from specdec import service
 from specdec.draft_service.core import DraftCore
 from specdec.draft_service.server import serve as serve_draft
+from specdec.modeling import LoadedModel, load_model
 from specdec.orchestrator.core import Limits
 from specdec.orchestrator.server import serve as serve_orchestrator
 from specdec.verifier_service.server import serve as serve_verifier
-
-from specdec import service
-from specdec.modeling import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from specdec.draftspec import DraftSpec
 from specdec.orchestrator.streams import DraftBlock, DraftStream, VerifierStream
 from specdec.orchestrator.text import OutputText
-
-from specdec.draftspec import DraftSpec
 from specdec.sampling import SamplingConfig
 from specdec.v1 import common_pb2, draft_pb2, verifier_pb2
 from specdec.wire import sampling_to_pb

@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
-from specdec.orchestrator.core import GenerationRequest, GenerationResult, Limits, OrchestratorCore
-from specdec.orchestrator.loop import Delta
 
 from specdec import service
+from specdec.orchestrator.core import GenerationRequest, GenerationResult, Limits, OrchestratorCore
+from specdec.orchestrator.loop import Delta
 from specdec.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name

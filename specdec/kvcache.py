@@ -24,7 +24,7 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 @dataclass
 class ForwardOutput:
-    logits: torch.Tensor  # [T, V] next-token logits after each input token
+    logits: torch.Tensor  # [keep_logits, V] next-token logits after the last input tokens
     hidden: torch.Tensor | None  # [T, H] final hidden states, when asked for
 
 
@@ -50,14 +50,23 @@ class CachedSequence:
         self.rollback(keep)
         return list(committed[keep:])
 
-    def extend(self, token_ids: Sequence[int], want_hidden: bool = False) -> ForwardOutput:
-        """Run token_ids through the model in one forward pass, appending them to the cache."""
+    def extend(self, token_ids: Sequence[int], keep_logits: int = 1, want_hidden: bool = False) -> ForwardOutput:
+        """Run token_ids through the model in one forward pass, appending them to the cache.
+
+        Only the last `keep_logits` positions go through the LM head: a prefill needs none of them, and the
+        head over a long prompt would cost more than the rest of the pass."""
         device = self.model.device
         input_ids = torch.tensor([list(token_ids)], dtype=torch.long, device=device)  # [1, T]
-        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, output_hidden_states=want_hidden)
+        out = self.model(
+            input_ids=input_ids,
+            cache=self.cache,
+            use_cache=True,
+            output_hidden_states=want_hidden,
+            logits_to_keep=max(1, keep_logits),
+        )
         self.tokens.extend(int(t) for t in token_ids)
         hidden = out.hidden_states[-1][0] if want_hidden else None  # [T, H]
-        return ForwardOutput(logits=out.logits[0], hidden=hidden)  # logits [T, V]
+        return ForwardOutput(logits=out.logits[0], hidden=hidden)  # logits [keep_logits, V]
 
     def nbytes(self) -> int:
         total = 0

@@ -189,3 +189,9 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedMo
         eos_token_ids=eos_ids(model, tokenizer),
         max_context=max_context,
     )
+
+
+def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Messages rendered by the model's chat template with a generation prompt, as token ids."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer.encode(text, add_special_tokens=False))

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from specdec.bench.peers import hf_generate
+
 CORPUS = [
     "def add(a, b):\n    return a + b\n",
     "The quick brown fox jumps over the lazy dog.",
@@ -87,17 +89,7 @@ def load(path: str) -> Any:
 
 def hf_greedy(lm: Any, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """The reference: plain HF generate, greedy, same dtype and device."""
-    ids = torch.tensor([prompt_ids])
-    with torch.inference_mode():
-        out = lm.model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=lm.eos_token_ids,
-            pad_token_id=lm.eos_token_ids[0],
-        )
-    return out[0, len(prompt_ids) :].tolist()
+    return hf_generate(lm, prompt_ids, max_new_tokens)
 
 
 def top2_gap(lm: Any, ids: list[int]) -> float:

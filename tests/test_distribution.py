@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from specdec.orchestrator.client import SpecdecClient
 from specdec.orchestrator.core import Limits
 from specdec.orchestrator.embedded import EmbeddedStack
-
 from specdec.sampling import SamplingConfig, logits_to_probs
 from specdec.v1 import common_pb2
 from tests.helpers import load

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from specdec.orchestrator.client import SpecdecClient
 
+from specdec.orchestrator.client import SpecdecClient
 from specdec.v1 import verifier_pb2, verifier_pb2_grpc
 from tests.helpers import load
 

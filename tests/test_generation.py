@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from specdec.orchestrator.client import SpecdecClient
 
+from specdec.orchestrator.client import SpecdecClient
 from tests.helpers import hf_greedy, load
 
 PROMPT = "The quick brown fox jumps over the lazy dog. The quick"

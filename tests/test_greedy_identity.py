@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from specdec.orchestrator.client import SpecdecClient
 
+from specdec.orchestrator.client import SpecdecClient
 from tests.helpers import assert_greedy_identical, hf_greedy, load
 
 PROMPTS = ["def add(a, b):\n    return", "The quick brown fox jumps over the lazy dog. The quick"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from specdec.kernels.reference import PAD
 
 from specdec import kernels
+from specdec.kernels.reference import PAD
 from specdec.sampling import draw_acceptance_randoms, make_generator
 
 

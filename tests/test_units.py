@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from specdec.draft_service.drafts import lookup_continuation
-from specdec.orchestrator.text import OutputText
 
+from specdec.draft_service.drafts import lookup_continuation
 from specdec.draftspec import parse_draft
 from specdec.errors import InvalidArgument
 from specdec.kvcache import common_prefix_length
+from specdec.orchestrator.text import OutputText
 from specdec.sampling import SamplingConfig, derive_seed, logits_to_probs
 from specdec.wire import DENSE, SPARSE, decode_distribution, encode_distribution
 

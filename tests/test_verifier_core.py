@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from specdec.verifier_service.core import SessionOptions, VerifierSession
 
 from specdec.errors import FailedPrecondition, InvalidArgument
+from specdec.verifier_service.core import SessionOptions, VerifierSession
 from tests.helpers import hf_greedy, load
 
 

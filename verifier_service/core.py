@@ -99,8 +99,8 @@ class VerifierSession:
         self._check_block(position, draft_tokens, draft_probs)
         start = time.perf_counter()
         pending = self.kv.pending(self.committed)  # uncached committed tail, >= 1 token
-        out = self.kv.extend(pending + draft_tokens, want_hidden=self.options.return_hidden_states)
-        block_logits = out.logits[len(pending) - 1 :]  # [K+1, V] distributions for positions n .. n+K
+        out = self.kv.extend(pending + draft_tokens, keep_logits=k + 1, want_hidden=self.options.return_hidden_states)
+        block_logits = out.logits  # [K+1, V] distributions for positions n .. n+K
         forward_done = time.perf_counter()
 
         num_accepted, final_token = self._accept(block_logits, draft_tokens, draft_probs)

@@ -8,6 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+
+from specdec import service
+from specdec.errors import FailedPrecondition
+from specdec.modeling import LoadedModel, load_model
+from specdec.v1 import verifier_pb2, verifier_pb2_grpc
 from specdec.verifier_service.core import (
     ACCEPTED,
     REJECTED,
@@ -16,11 +21,6 @@ from specdec.verifier_service.core import (
     VerifierSession,
     VerifyOutcome,
 )
-
-from specdec import service
-from specdec.errors import FailedPrecondition
-from specdec.modeling import LoadedModel, load_model
-from specdec.v1 import verifier_pb2, verifier_pb2_grpc
 from specdec.wire import decode_distributions, sampling_from_pb
 
 log = logging.getLogger(__name__)
