@@ -62,7 +62,7 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
             await service.abort_with(context, exc)
         finally:
             if session is not None:
-                await self.worker.run(self.core.close_session, session)
+                self.worker.submit(self.core.close_session, session)
 
     async def _propose(
         self, session: DraftSession, request: draft_pb2.Propose, encoding: int

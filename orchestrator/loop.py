@@ -5,8 +5,9 @@ tokens from n on; both services roll back to the committed prefix on their own.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,62 @@ def finish_check(spec: SampleSpec, new_tokens: list[int], generated_before: int)
     return kept, ""
 
 
+async def open_sessions(spec: SampleSpec, verifier: VerifierStream, draft: DraftStream | None) -> float:
+    """Open the verifier session (prefill) and the draft session concurrently; returns the prefill time."""
+    sampling = sampling_to_pb(spec.sampling)
+    opening: list[Coroutine[Any, Any, Any]] = [
+        verifier.open(
+            verifier_pb2.OpenVerifierSession(
+                prompt_token_ids=spec.prompt_token_ids,
+                sampling=sampling,
+                policy=spec.policy,
+                return_logprobs=spec.return_logprobs,
+                session_id=str(spec.index),
+            )
+        )
+    ]
+    if draft is not None:
+        opening.append(
+            draft.open(
+                draft_pb2.OpenDraftSession(
+                    prompt_token_ids=spec.prompt_token_ids,
+                    draft=spec.draft.name,
+                    sampling=sampling,
+                    target_name=spec.target_name,
+                    target_vocab_fingerprint=spec.target_fingerprint,
+                    target_vocab_size=spec.target_vocab_size,
+                    probs_encoding=spec.probs_encoding,
+                    session_id=str(spec.index),
+                )
+            )
+        )
+    opened = await asyncio.gather(*opening)
+    return float(opened[0].prefill_ms)
+
+
+async def speculative_step(
+    position: int, step: int, k: int, verifier: VerifierStream, draft: DraftStream | None, stats: LoopStats
+) -> verifier_pb2.Verdict:
+    """Propose up to k tokens from committed length `position`, verify them in one pass, record the timings."""
+    block = DraftBlock()
+    if draft is not None and k > 0:
+        block = await draft.propose(position, step, k)
+        stats.draft_ms += block.draft_ms
+        stats.network_ms += max(0.0, block.round_trip_ms - block.draft_ms)
+    timed = await verifier.verify(position, step, block.tokens, block.probs)
+    verdict = timed.verdict
+    compute_ms = verdict.forward_ms + verdict.accept_ms
+    stats.verify_ms += compute_ms
+    stats.network_ms += max(0.0, timed.round_trip_ms - compute_ms)
+    stats.steps += 1
+    stats.draft_tokens += len(block.tokens)
+    stats.accepted_tokens += verdict.num_accepted
+    stats.committed_tokens += len(verdict.token_ids)
+    if stats.first_token_at is None:
+        stats.first_token_at = time.perf_counter()
+    return verdict
+
+
 async def run_sample(
     spec: SampleSpec,
     verifier: VerifierStream,
@@ -110,55 +167,18 @@ async def run_sample(
     tokenizer: Any,
     on_delta: OnDelta | None = None,
 ) -> SampleResult:
+    """Generate one completion: steps until EOS, a stop string or max_new_tokens."""
     stats = LoopStats()
-    opened = await verifier.open(
-        verifier_pb2.OpenVerifierSession(
-            prompt_token_ids=spec.prompt_token_ids,
-            sampling=sampling_to_pb(spec.sampling),
-            policy=spec.policy,
-            return_logprobs=spec.return_logprobs,
-            session_id=str(spec.index),
-        )
-    )
-    stats.prefill_ms = opened.prefill_ms
-    if draft is not None:
-        await draft.open(
-            draft_pb2.OpenDraftSession(
-                prompt_token_ids=spec.prompt_token_ids,
-                draft=spec.draft.name,
-                sampling=sampling_to_pb(spec.sampling),
-                target_name=spec.target_name,
-                target_vocab_fingerprint=spec.target_fingerprint,
-                target_vocab_size=spec.target_vocab_size,
-                probs_encoding=spec.probs_encoding,
-                session_id=str(spec.index),
-            )
-        )
-
+    stats.prefill_ms = await open_sessions(spec, verifier, draft)
     text = OutputText(tokenizer, spec.stop)
-    position = len(spec.prompt_token_ids)
+    position = len(spec.prompt_token_ids)  # committed length
     logprobs: list[float] = []
     finish = ""
     while not finish:
         k = block_size(spec, len(text.tokens), position)
-        block = DraftBlock()
-        if draft is not None and k > 0:
-            block = await draft.propose(position, stats.steps, k)
-            stats.draft_ms += block.draft_ms
-            stats.network_ms += max(0.0, block.round_trip_ms - block.draft_ms)
-        timed = await verifier.verify(position, stats.steps, block.tokens, block.probs)
-        verdict = timed.verdict
-        compute_ms = verdict.forward_ms + verdict.accept_ms
-        stats.verify_ms += compute_ms
-        stats.network_ms += max(0.0, timed.round_trip_ms - compute_ms)
-        stats.steps += 1
-        stats.draft_tokens += len(block.tokens)
-        stats.accepted_tokens += verdict.num_accepted
-        stats.committed_tokens += len(verdict.token_ids)
-        if stats.first_token_at is None:
-            stats.first_token_at = time.perf_counter()
+        verdict = await speculative_step(position, stats.steps, k, verifier, draft, stats)
+        committed = list(verdict.token_ids)  # accepted drafts + the target's token, positions position ..
 
-        committed = list(verdict.token_ids)
         before = len(text.tokens)
         kept, finish = finish_check(spec, committed, before)
         delta_text = text.add(kept)
@@ -166,13 +186,13 @@ async def run_sample(
             finish = "stop"
         elif finish:
             delta_text += text.flush()
-        kept = text.tokens[before:]
+        kept = text.tokens[before:]  # a stop string may have trimmed the step's tokens
         step_logprobs = list(verdict.logprobs)[: len(kept)]
         logprobs.extend(step_logprobs)
         if on_delta is not None and (kept or finish):
             await on_delta(Delta(spec.index, kept, delta_text, step_logprobs, finish))
         if draft is not None and not finish:
-            await draft.commit(position, committed)
+            await draft.commit(position, committed)  # the draft rolls back to the same prefix
         position += len(committed)
 
     return SampleResult(spec.index, text.tokens, text.emitted, finish, logprobs, stats)

@@ -70,6 +70,8 @@ class VerifierStream(_SessionStream):
         block = verifier_pb2.VerifyBlock(position=position, step=step, draft_token_ids=tokens, draft_probs=probs)
         await self.call.write(verifier_pb2.VerifierRequest(verify=block))
         verdict = await self._read("verdict")
+        if verdict.position != position or verdict.committed_length != position + len(verdict.token_ids):
+            raise Unavailable(f"the verifier answered position {verdict.position} for a block at {position}")
         return TimedVerdict(verdict, (time.perf_counter() - start) * 1e3)
 
 
@@ -97,6 +99,8 @@ class DraftStream(_SessionStream):
         block = DraftBlock()
         while True:
             chunk = await self._read("chunk")
+            if chunk.position != position + len(block.tokens) or chunk.step != step:
+                raise Unavailable(f"the draft service sent a chunk for position {chunk.position}, step {chunk.step}")
             block.tokens.extend(chunk.token_ids)
             block.probs.extend(chunk.probs)
             if chunk.last:

@@ -120,6 +120,11 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(_no_grad, fn, *args))
 
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue work without waiting for it: cleanup that must run even when the caller is cancelled,
+        after whatever forward pass of the same session is in flight."""
+        self._pool.submit(_no_grad, fn, *args)
+
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -120,7 +120,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
             await service.abort_with(context, exc)
         finally:
             if session is not None:
-                await self.worker.run(self.core.close_session, session)
+                self.worker.submit(self.core.close_session, session)
 
 
 def _options_from_pb(msg: verifier_pb2.OpenVerifierSession) -> SessionOptions:
