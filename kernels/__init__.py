@@ -1,34 +1,102 @@
-"""Acceptance kernels used by the verifier for every speculative step.
+"""Acceptance kernels used by the verifier for every speculative step, batched over B sessions.
 
-Each function takes `backend="auto"|"torch"|"triton"`. Only the pure-torch reference exists so far (the
-Triton versions come with the kernels issue); `auto` and the `SPECDEC_KERNELS` environment variable
-resolve to it, and an explicit `triton` raises rather than silently falling back.
+Contracts (shapes; see `reference.py` for the exact rules):
+- `greedy_verify(target_logits[B, K+1, V], draft_tokens[B, K], num_draft[B])
+  -> (num_accepted[B], output_tokens[B, K+1])`: accept draft tokens while they equal the target's argmax;
+  each output row is the accepted tokens, then the target's argmax at the first mismatch (or the bonus
+  argmax), then -1 padding.
+- `rejection_sample(target_probs[B, K+1, V], draft_probs[B, K, V] | None, draft_tokens[B, K], num_draft[B],
+  uniforms[B, K], noise[B, K+1, V]) -> (num_accepted[B], output_tokens[B, K+1])`: Leviathan et al.'s rule;
+  `draft_probs=None` means one-hot q (deterministic drafts); recovered and bonus tokens are drawn by the
+  exponential race argmax(dist / noise) with noise ~ Exp(1), so the random inputs come from each row's own
+  generator and kernel and reference agree exactly.
+
+Backends: each function takes `backend="auto"|"torch"|"triton"`; the environment variable
+`SPECDEC_KERNELS=torch|triton` overrides `auto`. `auto` runs Triton when the tensors are on a CUDA device and
+Triton works, else the torch reference; if a Triton kernel fails under `auto`, that is logged once and torch
+is used from then on. An explicit `triton` (argument or environment) raises instead of falling back. On CPU,
+Triton runs only through its interpreter (`TRITON_INTERPRET=1`), which tests use.
+`last_backend()` tells which backend ran the calling thread's latest call.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 import torch
 
 from specdec.kernels import reference
 
+log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "triton")
+_state = threading.local()
+_triton_failed: str | None = None  # set once when `auto` saw Triton fail; auto then stays on torch
 
 
 class KernelUnavailable(RuntimeError):
     """An explicitly requested backend cannot run here."""
 
 
-def resolve_backend(backend: str = "auto") -> str:
-    """The backend that will actually run for this request."""
-    if backend == "auto":
-        backend = os.environ.get("SPECDEC_KERNELS", "auto") or "auto"
+def _triton_module(device: torch.device) -> tuple[ModuleType | None, str]:
+    """The Triton kernels module if Triton can run on `device`, else (None, why not)."""
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return None, f"Triton needs a CUDA device or TRITON_INTERPRET=1 (tensors are on {device.type})"
+    try:
+        from specdec.kernels import triton_kernels
+    except Exception as exc:  # ImportError, or a Triton without a usable driver
+        return None, f"Triton is not usable here: {type(exc).__name__}: {exc}"
+    return triton_kernels, ""
+
+
+def resolve_backend(backend: str = "auto", device: torch.device | None = None) -> str:
+    """The backend that a call with these arguments would run: "torch" or "triton"."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "auto":
+        override = os.environ.get("SPECDEC_KERNELS", "auto") or "auto"
+        if override not in BACKENDS:
+            raise ValueError(f"SPECDEC_KERNELS must be one of {BACKENDS}, got {override!r}")
+        backend = override
+    device = device or torch.device("cpu")
+    if backend == "torch":
+        return "torch"
+    module, why = _triton_module(device)
     if backend == "triton":
-        raise KernelUnavailable("the Triton kernels are not built yet; use backend='torch'")
-    return "torch"
+        if module is None:
+            raise KernelUnavailable(why)
+        return "triton"
+    return "triton" if module is not None and device.type == "cuda" and _triton_failed is None else "torch"
+
+
+def last_backend() -> str:
+    """The backend that ran this thread's latest kernel call ("" before any)."""
+    return str(getattr(_state, "backend", ""))
+
+
+def _dispatch(name: str, backend: str, device: torch.device, args: tuple[Any, ...]) -> Any:
+    global _triton_failed
+    chosen = resolve_backend(backend, device)
+    if chosen == "triton":
+        module, _ = _triton_module(device)
+        assert module is not None
+        fn: Callable[..., Any] = getattr(module, name)
+        explicit = backend == "triton" or os.environ.get("SPECDEC_KERNELS") == "triton"
+        try:
+            result = fn(*args)
+            _state.backend = "triton"
+            return result
+        except Exception as exc:
+            if explicit:
+                raise
+            _triton_failed = f"{type(exc).__name__}: {exc}"
+            log.warning("Triton %s failed (%s); using the torch kernels from now on", name, _triton_failed)
+    _state.backend = "torch"
+    return getattr(reference, name)(*args)
 
 
 def greedy_verify(
@@ -37,9 +105,8 @@ def greedy_verify(
     num_draft: torch.Tensor,  # [B]
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """See `reference.greedy_verify`. Returns num_accepted[B], output_tokens[B, K+1]."""
-    resolve_backend(backend)
-    return reference.greedy_verify(target_logits, draft_tokens, num_draft)
+    """Exact-match verification. Returns num_accepted[B], output_tokens[B, K+1]."""
+    return _dispatch("greedy_verify", backend, target_logits.device, (target_logits, draft_tokens, num_draft))
 
 
 def rejection_sample(
@@ -51,9 +118,9 @@ def rejection_sample(
     noise: torch.Tensor,  # [B, K+1, V]
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """See `reference.rejection_sample`. Returns num_accepted[B], output_tokens[B, K+1]."""
-    resolve_backend(backend)
-    return reference.rejection_sample(target_probs, draft_probs, draft_tokens, num_draft, uniforms, noise)
+    """Lossless rejection sampling. Returns num_accepted[B], output_tokens[B, K+1]."""
+    args = (target_probs, draft_probs, draft_tokens, num_draft, uniforms, noise)
+    return _dispatch("rejection_sample", backend, target_probs.device, args)
 
 
-__all__ = ["KernelUnavailable", "greedy_verify", "rejection_sample", "resolve_backend"]
+__all__ = ["KernelUnavailable", "greedy_verify", "last_backend", "rejection_sample", "resolve_backend"]
