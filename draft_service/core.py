@@ -30,12 +30,19 @@ class DraftOptions:
 class DraftSession:
     """One sequence: the committed tokens both services agree on, and the drafter proposing after them."""
 
-    def __init__(self, spec: DraftSpec, drafter: Drafter, prompt: list[int]) -> None:
+    def __init__(self, spec: DraftSpec, drafter: Drafter, prompt: list[int], vocab_size: int = 0) -> None:
         if not prompt:
             raise InvalidArgument("prompt_token_ids must contain at least one token")
         self.spec = spec
         self.drafter = drafter
+        self.vocab_size = vocab_size  # 0: not checked (an n-gram draft never embeds tokens)
+        self._check_ids(prompt, "prompt_token_ids")
         self.committed = list(prompt)
+
+    def _check_ids(self, ids: list[int], field_name: str) -> None:
+        if self.vocab_size and any(not 0 <= t < self.vocab_size for t in ids):
+            bad = [t for t in ids if not 0 <= t < self.vocab_size][:5]
+            raise InvalidArgument(f"{field_name} has ids outside the vocabulary [0, {self.vocab_size}): {bad}")
 
     def propose(self, position: int, max_tokens: int) -> Iterator[Proposal]:
         if position != len(self.committed):
@@ -48,6 +55,7 @@ class DraftSession:
         """Tokens committed from `position` on; anything the draft assumed after it is dropped."""
         if position > len(self.committed):
             raise FailedPrecondition(f"commit position {position} is past the committed length {len(self.committed)}")
+        self._check_ids(token_ids, "commit.token_ids")
         del self.committed[position:]
         self.committed.extend(token_ids)
 
@@ -79,15 +87,17 @@ class DraftCore:
     def open_session(self, options: DraftOptions) -> DraftSession:
         spec = parse_draft(options.draft)
         drafter: Drafter
+        vocab_size = options.target_vocab_size
         if spec.kind == "ngram":
             drafter = NgramDrafter(spec.ngram_max)
         elif spec.kind == "model":
             lm = self.model(spec.model)
             self._check_vocabulary(lm, options)
             drafter = ModelDrafter(lm, options.sampling)
+            vocab_size = lm.vocab_size
         else:
             raise InvalidArgument("draft 'none' needs no draft session")
-        session = DraftSession(spec, drafter, options.prompt_token_ids)
+        session = DraftSession(spec, drafter, options.prompt_token_ids, vocab_size)
         self.live_sessions += 1
         return session
 

@@ -31,10 +31,21 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
     async def aclose(self) -> None:
         self.worker.shutdown()
 
+    def _open(self, options: DraftOptions, holder: list[DraftSession]) -> DraftSession:
+        session = self.core.open_session(options)
+        holder.append(session)
+        return session
+
+    def _close_opened(self, holder: list[DraftSession]) -> None:
+        for session in holder:
+            self.core.close_session(session)
+        holder.clear()
+
     async def Session(
         self, request_iterator: AsyncIterator[draft_pb2.DraftRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[draft_pb2.DraftResponse]:
         session: DraftSession | None = None
+        opened_sessions: list[DraftSession] = []  # filled on the worker thread, closed there too
         encoding = 0
         try:
             async for request in request_iterator:
@@ -42,7 +53,7 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
                 if kind == "open":
                     if session is not None:
                         raise FailedPrecondition("the session is already open")
-                    session = await self.worker.run(self.core.open_session, _options_from_pb(request.open))
+                    session = await self.worker.run(self._open, _options_from_pb(request.open), opened_sessions)
                     encoding = request.open.probs_encoding
                     yield draft_pb2.DraftResponse(
                         opened=draft_pb2.DraftSessionOpened(
@@ -61,8 +72,8 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
         except Exception as exc:
             await service.abort_with(context, exc)
         finally:
-            if session is not None:
-                self.worker.submit(self.core.close_session, session)
+            # On the worker, so it runs after an open or forward still in flight, even if we were cancelled.
+            self.worker.submit(self._close_opened, opened_sessions)
 
     async def _propose(
         self, session: DraftSession, request: draft_pb2.Propose, encoding: int

@@ -17,6 +17,7 @@ from google.protobuf.json_format import MessageToDict
 
 from specdec import __version__
 from specdec.draftspec import SYNTAX as DRAFT_SYNTAX
+from specdec.errors import SpecdecError
 from specdec.v1 import orchestrator_pb2
 
 log = logging.getLogger("specdec")
@@ -121,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_generate(args))
     except grpc.aio.AioRpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except SpecdecError as exc:  # e.g. a target that cannot be loaded in embedded mode
+        print(f"error: {exc.code.name}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -107,6 +107,8 @@ class OrchestratorCore:
         self._draft = draft_pb2_grpc.DraftStub(self._draft_channel) if self._draft_channel else None
         self._target: TargetInfo | None = None
         self._target_lock = asyncio.Lock()
+        if draft_address is None:  # without a draft service the only possible default is target-only
+            self.limits.default_draft = "none"
         parse_draft(self.limits.default_draft)
 
     async def close(self) -> None:
@@ -139,7 +141,14 @@ class OrchestratorCore:
             async with limiter:
                 return await self._run_one(spec, target, on_delta)
 
-        samples = await asyncio.gather(*(one(s) for s in specs))
+        tasks = [asyncio.ensure_future(one(s)) for s in specs]
+        try:
+            samples = await asyncio.gather(*tasks)
+        except BaseException:  # one sample failed or the request was cancelled: stop its siblings too
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         stats = LoopStats()
         for sample in samples:
             stats.merge(sample.stats)

@@ -92,8 +92,12 @@ def block_size(spec: SampleSpec, generated: int, committed_length: int) -> int:
     return max(0, min(spec.k, spec.max_new_tokens - generated - 1, spec.max_context - committed_length - 1))
 
 
-def finish_check(spec: SampleSpec, new_tokens: list[int], generated_before: int) -> tuple[list[int], str]:
-    """Cut a step's committed tokens at EOS or the token limit. Returns (kept tokens, finish reason or '')."""
+def finish_check(
+    spec: SampleSpec, new_tokens: list[int], generated_before: int, committed_length: int
+) -> tuple[list[int], str]:
+    """Cut a step's committed tokens at EOS, max_new_tokens or the model's context.
+
+    Returns (kept tokens, finish reason or ''). committed_length counts prompt + output after this step."""
     kept: list[int] = []
     for token in new_tokens:
         kept.append(token)
@@ -101,6 +105,8 @@ def finish_check(spec: SampleSpec, new_tokens: list[int], generated_before: int)
             return kept, "stop"
         if generated_before + len(kept) >= spec.max_new_tokens:
             return kept, "length"
+    if committed_length >= spec.max_context:  # no room for another token
+        return kept, "length"
     return kept, ""
 
 
@@ -180,7 +186,7 @@ async def run_sample(
         committed = list(verdict.token_ids)  # accepted drafts + the target's token, positions position ..
 
         before = len(text.tokens)
-        kept, finish = finish_check(spec, committed, before)
+        kept, finish = finish_check(spec, committed, before, position + len(committed))
         delta_text = text.add(kept)
         if text.stopped:
             finish = "stop"

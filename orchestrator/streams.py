@@ -6,6 +6,7 @@ KV caches on the services.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,14 @@ class _SessionStream:
         if kind != expected:
             raise Unavailable(f"the {self.peer} answered {kind!r} where {expected!r} was expected")
         return getattr(response, kind)
+
+    async def _write(self, message: Any) -> None:
+        """Write, or raise the peer's own status if it already ended the stream."""
+        try:
+            await self.call.write(message)
+        except asyncio.InvalidStateError:
+            await self.call.read()  # raises the AioRpcError that carries the peer's status, if it failed
+            raise Unavailable(f"the {self.peer} ended the session stream") from None
 
     async def close(self) -> None:
         """Half-close and let the service end the stream (it frees the session then)."""
@@ -56,7 +65,7 @@ class VerifierStream(_SessionStream):
         super().__init__(stub.Session(metadata=metadata), "verifier")
 
     async def open(self, request: verifier_pb2.OpenVerifierSession) -> verifier_pb2.VerifierSessionOpened:
-        await self.call.write(verifier_pb2.VerifierRequest(open=request))
+        await self._write(verifier_pb2.VerifierRequest(open=request))
         return await self._read("opened")
 
     async def verify(
@@ -68,7 +77,7 @@ class VerifierStream(_SessionStream):
     ) -> TimedVerdict:
         start = time.perf_counter()
         block = verifier_pb2.VerifyBlock(position=position, step=step, draft_token_ids=tokens, draft_probs=probs)
-        await self.call.write(verifier_pb2.VerifierRequest(verify=block))
+        await self._write(verifier_pb2.VerifierRequest(verify=block))
         verdict = await self._read("verdict")
         if verdict.position != position or verdict.committed_length != position + len(verdict.token_ids):
             raise Unavailable(f"the verifier answered position {verdict.position} for a block at {position}")
@@ -88,14 +97,14 @@ class DraftStream(_SessionStream):
         super().__init__(stub.Session(metadata=metadata), "draft service")
 
     async def open(self, request: draft_pb2.OpenDraftSession) -> draft_pb2.DraftSessionOpened:
-        await self.call.write(draft_pb2.DraftRequest(open=request))
+        await self._write(draft_pb2.DraftRequest(open=request))
         return await self._read("opened")
 
     async def propose(self, position: int, step: int, max_tokens: int) -> DraftBlock:
         """Collect the streamed chunks of one block."""
         start = time.perf_counter()
         request = draft_pb2.Propose(position=position, step=step, max_tokens=max_tokens)
-        await self.call.write(draft_pb2.DraftRequest(propose=request))
+        await self._write(draft_pb2.DraftRequest(propose=request))
         block = DraftBlock()
         while True:
             chunk = await self._read("chunk")
@@ -111,4 +120,4 @@ class DraftStream(_SessionStream):
 
     async def commit(self, position: int, tokens: list[int]) -> None:
         """Not answered: a problem surfaces on the next read or as the stream's status."""
-        await self.call.write(draft_pb2.DraftRequest(commit=draft_pb2.Commit(position=position, token_ids=tokens)))
+        await self._write(draft_pb2.DraftRequest(commit=draft_pb2.Commit(position=position, token_ids=tokens)))

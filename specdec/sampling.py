@@ -13,6 +13,9 @@ import torch
 
 from specdec.errors import InvalidArgument
 
+# Below MIN_TEMPERATURE, logits / temperature overflows float32 and every probability becomes NaN.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 1e4
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -30,8 +33,10 @@ class SamplingConfig:
     @staticmethod
     def from_wire(temperature: float, top_k: int, top_p: float, seed: int) -> SamplingConfig:
         """Apply proto3 defaults (0 = default) and check ranges."""
-        if not temperature >= 0.0:  # also catches NaN
-            raise InvalidArgument(f"temperature must be >= 0, got {temperature}")
+        if not (temperature == 0.0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):  # NaN fails too
+            raise InvalidArgument(
+                f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], got {temperature}"
+            )
         if top_p == 0.0:
             top_p = 1.0
         if not 0.0 < top_p <= 1.0:

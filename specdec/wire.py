@@ -52,8 +52,11 @@ def decode_distribution(msg: common_pb2.TokenDistribution, vocab_size: int) -> t
         q[torch.tensor(ids)] = torch.tensor(probs, dtype=torch.float32)
     else:
         raise InvalidArgument("draft_probs entry has no encoding set")
-    if not bool(torch.isfinite(q).all()) or bool((q < 0).any()):
-        raise InvalidArgument("draft_probs must be finite and non-negative")
+    if not bool(torch.isfinite(q).all()) or bool((q < 0).any()) or bool((q > 1).any()):
+        raise InvalidArgument("draft_probs must be finite and in [0, 1]")
+    total = float(q.sum())
+    if abs(total - 1.0) > 1e-3:
+        raise InvalidArgument(f"draft_probs must sum to 1 per position, got {total:.4f}")
     return q
 
 

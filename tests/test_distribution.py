@@ -19,7 +19,7 @@ NEW_TOKENS, K, SAMPLES_PER_CALL, CALLS = 3, 2, 64, 20
 SAMPLING = SamplingConfig(temperature=1.0)
 
 
-def exact_marginals(lm, prompt: list[int], positions: int) -> list[torch.Tensor]:
+def exact_marginals(lm, prompt: list[int], positions: int, sampling: SamplingConfig) -> list[torch.Tensor]:
     """The model's marginal distribution of each of the first `positions` generated tokens, by enumeration.
 
     Index V stands for "generation already ended" (an EOS came earlier)."""
@@ -30,7 +30,7 @@ def exact_marginals(lm, prompt: list[int], positions: int) -> list[torch.Tensor]
     for _ in range(positions):
         batch = torch.tensor([prompt + list(p) for p, _ in prefixes])
         with torch.inference_mode():
-            probs = logits_to_probs(lm.model(batch).logits[:, -1], SAMPLING)  # [P, V]
+            probs = logits_to_probs(lm.model(batch).logits[:, -1], sampling)  # [P, V]
         weights = torch.tensor([w for _, w in prefixes])
         marginals.append(torch.cat([(weights[:, None] * probs).sum(0), torch.tensor([ended])]))
         grown = [((*p, t), w * float(probs[i, t])) for i, (p, w) in enumerate(prefixes) for t in range(vocab)]
@@ -59,20 +59,23 @@ async def v16_stack(small_vocab_target: Path):
 
 
 @pytest.mark.parametrize(
-    ("draft_kind", "encoding"),
+    ("draft_kind", "encoding", "sampling"),
     [
-        ("model", common_pb2.PROBS_ENCODING_DENSE),
-        ("model", common_pb2.PROBS_ENCODING_SPARSE),
-        ("ngram", common_pb2.PROBS_ENCODING_UNSPECIFIED),
+        ("model", common_pb2.PROBS_ENCODING_DENSE, SAMPLING),
+        ("model", common_pb2.PROBS_ENCODING_SPARSE, SamplingConfig(temperature=0.7, top_k=6)),
+        ("model", common_pb2.PROBS_ENCODING_UNSPECIFIED, SamplingConfig(temperature=1.3, top_p=0.95)),
+        ("ngram", common_pb2.PROBS_ENCODING_UNSPECIFIED, SAMPLING),
     ],
-    ids=["dense-q", "sparse-q", "one-hot-q"],
+    ids=["dense-q", "sparse-q-top-k", "auto-q-top-p", "one-hot-q"],
 )
-async def test_sampled_tokens_follow_the_target(v16_stack, small_vocab_target, small_vocab_draft, draft_kind, encoding):
+async def test_sampled_tokens_follow_the_target(
+    v16_stack, small_vocab_target, small_vocab_draft, draft_kind, encoding, sampling
+):
     target = load(str(small_vocab_target))
     draft_lm = load(str(small_vocab_draft))
     prompt = repetitive_prompt(target)
-    p = exact_marginals(target, prompt, NEW_TOKENS)
-    q_first = exact_marginals(draft_lm, prompt, 1)[0]
+    p = exact_marginals(target, prompt, NEW_TOKENS, sampling)
+    q_first = exact_marginals(draft_lm, prompt, 1, sampling)[0]
     assert tv(p[0], q_first) >= 0.3, "the draft must be far from the target for this test to mean anything"
 
     draft = f"model:{small_vocab_draft}" if draft_kind == "model" else "ngram"
@@ -83,7 +86,9 @@ async def test_sampled_tokens_follow_the_target(v16_stack, small_vocab_target, s
             response = await client.generate(
                 prompt_token_ids=prompt,
                 max_new_tokens=NEW_TOKENS,
-                temperature=1.0,
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p if sampling.top_p < 1 else 0.0,
                 seed=call,
                 num_samples=SAMPLES_PER_CALL,
                 draft=draft,

@@ -54,10 +54,14 @@ def test_derived_seeds_differ_per_sample_and_consumer() -> None:
 def test_distribution_encodings_round_trip_exactly() -> None:
     q = torch.softmax(torch.randn(50), -1)
     q[q < 0.01] = 0
+    q = q / q.sum()
     for encoding in (DENSE, SPARSE):
         assert torch.equal(decode_distribution(encode_distribution(q, encoding), 50), q)
     with pytest.raises(InvalidArgument):
         decode_distribution(encode_distribution(q, DENSE), 49)
+    for bad in (q * 2, torch.full((50,), 1.0), q - q.max()):  # sums to 2; values > 1; negatives
+        with pytest.raises(InvalidArgument):
+            decode_distribution(encode_distribution(bad, DENSE), 50)
 
 
 class CharTokenizer:
