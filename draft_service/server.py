@@ -11,7 +11,7 @@ import grpc
 from specdec import service
 from specdec.draft_service.core import DraftCore, DraftOptions, DraftSession
 from specdec.draft_service.drafts import Proposal
-from specdec.errors import FailedPrecondition
+from specdec.errors import FailedPrecondition, SpecdecError
 from specdec.v1 import draft_pb2, draft_pb2_grpc
 from specdec.wire import encode_distribution, sampling_from_pb
 
@@ -46,6 +46,7 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
     ) -> AsyncIterator[draft_pb2.DraftResponse]:
         session: DraftSession | None = None
         opened_sessions: list[DraftSession] = []  # filled on the worker thread, closed there too
+        failed_commit: SpecdecError | None = None
         encoding = 0
         try:
             async for request in request_iterator:
@@ -62,11 +63,18 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
                     )
                 elif session is None:
                     raise FailedPrecondition("the first message of a session must be `open`")
+                elif failed_commit is not None:
+                    raise failed_commit
                 elif kind == "propose":
                     async for chunk in self._propose(session, request.propose, encoding):
                         yield draft_pb2.DraftResponse(chunk=chunk)
                 elif kind == "commit":
-                    session.commit(request.commit.position, list(request.commit.token_ids))
+                    try:
+                        session.commit(request.commit.position, list(request.commit.token_ids))
+                    except SpecdecError as exc:
+                        # Commits are not answered: keep the stream open and fail the next propose, so the
+                        # client reads this status instead of a send failure on its next write.
+                        failed_commit = failed_commit or exc
                 else:
                     raise FailedPrecondition("a request must set `open`, `propose` or `commit`")
         except Exception as exc:

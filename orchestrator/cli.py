@@ -46,6 +46,16 @@ def _add_listen_flags(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to bind (env SPECDEC_HOST)")
 
 
+def _add_http_flag(p: argparse.ArgumentParser) -> None:
+    http = _env("HTTP_PORT")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=int(http) if http else None,
+        help="also serve the OpenAI-compatible HTTP API on this port (0: a free one; env SPECDEC_HTTP_PORT)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specdec", description="Lossless speculative decoding over gRPC.")
     parser.add_argument("--version", action="version", version=f"specdec {__version__}")
@@ -78,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     orch.add_argument("--draft-addr", default=_env("DRAFT_ADDR"), help="HOST:PORT (env SPECDEC_DRAFT_ADDR)")
     orch.add_argument("--default-draft", default=_env("DEFAULT_DRAFT", "ngram"), help=DRAFT_SYNTAX)
     orch.add_argument("--default-k", type=int, default=int(_env("DEFAULT_K", 4)))
+    _add_http_flag(orch)
+
+    everything = serve.add_parser("all", help="verifier, draft and orchestrator in one process")
+    _add_listen_flags(everything, 50050)
+    _add_http_flag(everything)
+    everything.add_argument("--target", default=_env("TARGET", ""), help="HF id or path (env SPECDEC_TARGET)")
+    _add_model_flags(everything)
 
     gen = commands.add_parser("generate", help="generate text with speculative decoding")
     gen.add_argument("--prompt", required=True, help="raw prompt text (like OpenAI completions)")
@@ -138,6 +155,16 @@ async def _serve(args: argparse.Namespace) -> None:
     from specdec.orchestrator.server import serve as serve_orchestrator
     from specdec.verifier_service.server import serve as serve_verifier
 
+    if args.service == "all":
+        from specdec.orchestrator.embedded import EmbeddedStack
+
+        stack = EmbeddedStack(
+            args.target, args.device, args.dtype, http_port=args.http_port, port=args.port, host=args.host
+        )
+        async with stack:
+            _announce(args, stack.servers[-1])
+            await _wait_for_signal()
+        return
     if args.service == "verifier":
         lm = await asyncio.to_thread(load_model, args.target, args.device, args.dtype)
         running = await serve_verifier(lm, args.port, args.host)
@@ -148,14 +175,28 @@ async def _serve(args: argparse.Namespace) -> None:
         if not args.verifier_addr:
             raise SystemExit("serve orchestrator needs --verifier-addr (or SPECDEC_VERIFIER_ADDR)")
         limits = Limits(default_draft=args.default_draft, default_k=args.default_k)
-        running = await serve_orchestrator(args.verifier_addr, args.draft_addr, args.port, args.host, limits)
+        running = await serve_orchestrator(
+            args.verifier_addr, args.draft_addr, args.port, args.host, limits, http_port=args.http_port
+        )
+    _announce(args, running)
+    await _wait_for_signal()
+    await running.stop(grace=5.0)
+
+
+def _announce(args: argparse.Namespace, running: Any) -> None:
+    """The first stdout line names the bound port (scripts and tests read it when --port is 0)."""
     print(f"specdec {args.service} listening on {args.host}:{running.port}", flush=True)
+    http = getattr(running.servicer, "http", None)
+    if http is not None:
+        print(f"specdec {args.service} OpenAI-compatible HTTP on http://{args.host}:{http.port}/v1", flush=True)
+
+
+async def _wait_for_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await running.stop(grace=5.0)
 
 
 async def _generate(args: argparse.Namespace) -> int:

@@ -91,6 +91,10 @@ class GenerationResult:
         return sum(len(s.token_ids) for s in self.samples)
 
     @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / (self.wall_ms / 1e3) if self.wall_ms > 0 else 0.0
+
+    @property
     def time_to_first_token_ms(self) -> float:
         first = self.stats.first_token_at
         return 0.0 if first is None else (first - self.started_at) * 1e3
@@ -130,6 +134,10 @@ class OrchestratorCore:
                     tokenizer=_tokenizer_from_files(dict(info.tokenizer_files)),
                 )
             return self._target
+
+    async def check(self, request: GenerationRequest) -> None:
+        """Validate a request without generating (lets streaming endpoints fail before they start)."""
+        self._plan(request, await self.target())
 
     async def generate(self, request: GenerationRequest, on_delta: OnDelta | None = None) -> GenerationResult:
         start = time.perf_counter()

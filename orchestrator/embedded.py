@@ -28,11 +28,20 @@ class EmbeddedStack:
     preload: list[str] = field(default_factory=list)
     limits: Limits | None = None
     target_model: LoadedModel | None = None  # already loaded (tests); else loaded from `target`
+    http_port: int | None = None  # also serve the OpenAI-compatible HTTP API (0: a free port)
+    port: int = 0  # the public gRPC API's port (the verifier and draft always take free loopback ports)
+    host: str = "127.0.0.1"  # where the public APIs listen
     servers: list[service.RunningServer] = field(default_factory=list)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.servers[-1].port}"
+
+    @property
+    def http_url(self) -> str:
+        http = self.servers[-1].servicer.http
+        assert http is not None, "start the stack with http_port to serve HTTP"
+        return f"http://127.0.0.1:{http.port}/v1"
 
     async def __aenter__(self) -> EmbeddedStack:
         lm = self.target_model
@@ -53,7 +62,12 @@ class EmbeddedStack:
         draft = await serve_draft(draft_core, preload=self.preload)
         self.servers.append(draft)
         orchestrator = await serve_orchestrator(
-            f"127.0.0.1:{verifier.port}", f"127.0.0.1:{draft.port}", limits=self.limits
+            f"127.0.0.1:{verifier.port}",
+            f"127.0.0.1:{draft.port}",
+            self.port,
+            self.host,
+            limits=self.limits,
+            http_port=self.http_port,
         )
         self.servers.append(orchestrator)
 

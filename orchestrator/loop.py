@@ -31,6 +31,15 @@ class LoopStats:
     prefill_ms: float = 0.0
     first_token_at: float | None = None  # perf_counter() of the first committed token
 
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens committed per step, the corrected/bonus token included."""
+        return self.committed_tokens / self.steps if self.steps else 0.0
+
     def merge(self, other: LoopStats) -> None:
         for name in ("steps", "draft_tokens", "accepted_tokens", "committed_tokens"):
             setattr(self, name, getattr(self, name) + getattr(other, name))

@@ -9,6 +9,7 @@ import grpc
 
 from specdec import service
 from specdec.orchestrator.core import GenerationRequest, GenerationResult, Limits, OrchestratorCore
+from specdec.orchestrator.http_api import HttpServer, serve_http
 from specdec.orchestrator.loop import Delta
 from specdec.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
@@ -43,10 +44,10 @@ def result_to_pb(result: GenerationResult) -> orchestrator_pb2.GenerateResponse:
         steps=s.steps,
         draft_tokens=s.draft_tokens,
         accepted_tokens=s.accepted_tokens,
-        acceptance_rate=s.accepted_tokens / s.draft_tokens if s.draft_tokens else 0.0,
-        mean_accepted_length=s.committed_tokens / s.steps if s.steps else 0.0,
+        acceptance_rate=s.acceptance_rate,
+        mean_accepted_length=s.mean_accepted_length,
         generated_tokens=generated,
-        tokens_per_second=generated / (result.wall_ms / 1e3) if result.wall_ms > 0 else 0.0,
+        tokens_per_second=result.tokens_per_second,
         wall_ms=result.wall_ms,
         draft_ms=s.draft_ms,
         verify_ms=s.verify_ms,
@@ -90,8 +91,11 @@ def delta_to_pb(delta: Delta) -> orchestrator_pb2.GenerateStreamResponse:
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
     def __init__(self, core: OrchestratorCore) -> None:
         self.core = core
+        self.http: HttpServer | None = None  # the OpenAI-compatible API on the same core, when enabled
 
     async def aclose(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
         await self.core.close()
 
     async def Generate(
@@ -132,9 +136,13 @@ async def serve(
     port: int = 0,
     host: str = "127.0.0.1",
     limits: Limits | None = None,
+    http_port: int | None = None,
 ) -> service.RunningServer:
-    """Start the public API; `port=0` binds a free port (see `.port`)."""
+    """Start the public gRPC API (`port=0` binds a free port, see `.port`) and, with `http_port`, the
+    OpenAI-compatible HTTP API on the same core (see `.servicer.http.port`)."""
     servicer = OrchestratorServicer(OrchestratorCore(verifier_address, draft_address, limits))
+    if http_port is not None:
+        servicer.http = await serve_http(servicer.core, http_port, host)
     return await service.start(
         [SERVICE_NAME],
         lambda server: orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(servicer, server),

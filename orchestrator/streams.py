@@ -35,9 +35,14 @@ class _SessionStream:
         """Write, or raise the peer's own status if it already ended the stream."""
         try:
             await self.call.write(message)
-        except asyncio.InvalidStateError:
-            await self.call.read()  # raises the AioRpcError that carries the peer's status, if it failed
-            raise Unavailable(f"the {self.peer} ended the session stream") from None
+        except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+            # The peer ended the stream; depending on timing the write fails in either way, and a failed
+            # send reports a client-side INTERNAL. What matters is the status the peer ended it with.
+            code = await self.call.code()
+            if code == grpc.StatusCode.OK:
+                raise Unavailable(f"the {self.peer} ended the session stream") from None
+            details = await self.call.details()
+            raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details) from None
 
     async def close(self) -> None:
         """Half-close and let the service end the stream (it frees the session then)."""

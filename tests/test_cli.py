@@ -19,14 +19,22 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 @contextmanager
-def serving(*args: str) -> Iterator[str]:
-    """Run `specdec serve ... --port 0`, yield its address, then SIGTERM it and expect a clean exit."""
-    proc = subprocess.Popen([*SPECDEC, "serve", *args, "--port", "0"], stdout=subprocess.PIPE, text=True, env=ENV)
+def serving(*args: str, http: bool = False) -> Iterator[str]:
+    """Run `specdec serve ... --port 0`, yield its address (with http: its HTTP base URL), then SIGTERM it and
+    expect a clean exit."""
+    extra = ["--http-port", "0"] if http else []
+    proc = subprocess.Popen(
+        [*SPECDEC, "serve", *args, "--port", "0", *extra], stdout=subprocess.PIPE, text=True, env=ENV
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         match = re.search(r"listening on (\S+)", line)
         assert match, f"unexpected first line: {line!r}"
+        if http:
+            line = proc.stdout.readline()
+            match = re.search(r"HTTP on (\S+)", line)
+            assert match, f"unexpected second line: {line!r}"
         yield match.group(1)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -72,3 +80,15 @@ def test_generate_reports_errors_with_their_status(tiny_target: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 1
     assert "INVALID_ARGUMENT" in out.stderr and "temperature" in out.stderr
+
+
+def test_serve_all_with_the_openai_api(tiny_target: Path) -> None:
+    import openai
+
+    with serving("all", "--target", str(tiny_target), http=True) as base_url:
+        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list().data] == [str(tiny_target)]
+        response = client.completions.create(
+            model=str(tiny_target), prompt="def add(a, b):", max_tokens=5, temperature=0
+        )
+        assert response.usage.completion_tokens == 5
