@@ -136,3 +136,10 @@ async def test_client_disconnect_mid_stream_frees_the_sessions(http_stack, tiny_
         break
     await stream.close()
     await wait_for_no_sessions(http_stack)
+
+
+async def test_a_verifier_that_is_down_gives_503(http_stack, tiny_target: Path) -> None:
+    await http_stack.servers[0].stop(grace=0)  # the verifier goes away
+    with pytest.raises(openai.InternalServerError) as info:
+        await client_for(http_stack).completions.create(model=str(tiny_target), prompt=PROMPT, max_tokens=4)
+    assert info.value.status_code == 503
