@@ -17,6 +17,10 @@ Triton works, else the torch reference; if a Triton kernel fails under `auto`, t
 is used from then on. An explicit `triton` (argument or environment) raises instead of falling back. On CPU,
 Triton runs only through its interpreter (`TRITON_INTERPRET=1`), which tests use.
 `last_backend()` tells which backend ran the calling thread's latest call.
+
+The LOSSY policies (`lossy_verify`: typical, topk-agree, threshold) run as torch code only: their rules
+are a few elementwise ops on the same gathered p(d_i) values, and the step that costs (reading the final
+row) is the same as greedy's.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import torch
 
 from specdec.kernels import reference
+from specdec.policies import LOSSY_POLICIES
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "triton")
@@ -123,4 +128,38 @@ def rejection_sample(
     return _dispatch("rejection_sample", backend, target_probs.device, args)
 
 
-__all__ = ["KernelUnavailable", "greedy_verify", "last_backend", "rejection_sample", "resolve_backend"]
+def lossy_verify(
+    target_probs: torch.Tensor,  # [B, K+1, V] p (at temperature 0: softmax of the raw logits)
+    draft_tokens: torch.Tensor,  # [B, K]
+    num_draft: torch.Tensor,  # [B]
+    policy: str,
+    params: dict[str, float],  # typical_epsilon, typical_delta, agree_top_m, accept_threshold
+    noise: torch.Tensor | None = None,  # [B, K+1, V] Exp(1) when sampling; None: greedy final tokens
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A LOSSY policy's verdict. Returns num_accepted[B], output_tokens[B, K+1] (same layout as above)."""
+    if backend == "triton" or os.environ.get("SPECDEC_KERNELS") == "triton":
+        raise KernelUnavailable("the lossy policies run as torch code only")
+    if policy == "typical":
+        accept = reference.typical_accept(
+            target_probs, draft_tokens, params["typical_epsilon"], params["typical_delta"]
+        )
+    elif policy == "topk-agree":
+        accept = reference.top_m_accept(target_probs, draft_tokens, int(params["agree_top_m"]))
+    elif policy == "threshold":
+        accept = reference.threshold_accept(target_probs, draft_tokens, params["accept_threshold"])
+    else:
+        raise ValueError(f"unknown lossy policy {policy!r}; expected one of {LOSSY_POLICIES}")
+    _state.backend = "torch"
+    return reference.commit_accepted(target_probs, draft_tokens, num_draft, accept, noise)
+
+
+__all__ = [
+    "LOSSY_POLICIES",
+    "KernelUnavailable",
+    "greedy_verify",
+    "last_backend",
+    "lossy_verify",
+    "rejection_sample",
+    "resolve_backend",
+]

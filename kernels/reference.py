@@ -92,3 +92,53 @@ def rejection_sample(
         dist = p_at
     final = (dist / noise[rows, num_accepted]).argmax(dim=1)  # [B] exponential race
     return num_accepted, _assemble(draft_tokens, num_accepted, final)
+
+
+# --- LOSSY policies: they accept more than the target would produce; output may differ from the target's ---
+
+
+def _prob_of_drafts(target_probs: torch.Tensor, draft_tokens: torch.Tensor) -> torch.Tensor:
+    """p_i(d_i) as [B, K]."""
+    k = draft_tokens.shape[1]
+    return target_probs[:, :k].gather(2, draft_tokens.long().clamp_min(0)[..., None]).squeeze(2)
+
+
+def typical_accept(
+    target_probs: torch.Tensor, draft_tokens: torch.Tensor, epsilon: float, delta: float
+) -> torch.Tensor:
+    """Medusa's typical acceptance: p(x) > min(epsilon, delta * exp(-H(p))). Returns accept[B, K]."""
+    k = draft_tokens.shape[1]
+    entropy = torch.special.entr(target_probs[:, :k]).sum(dim=2)  # [B, K], 0 log 0 = 0
+    bar = torch.clamp(delta * torch.exp(-entropy), max=epsilon)  # [B, K]
+    return _prob_of_drafts(target_probs, draft_tokens) > bar
+
+
+def top_m_accept(target_probs: torch.Tensor, draft_tokens: torch.Tensor, m: int) -> torch.Tensor:
+    """Accept x if it is among the target's top-m tokens (ties with the m-th included; never p(x) = 0)."""
+    k = draft_tokens.shape[1]
+    m = min(m, target_probs.shape[2])
+    mth = torch.topk(target_probs[:, :k], m, dim=2).values[..., -1]  # [B, K]
+    p = _prob_of_drafts(target_probs, draft_tokens)
+    return (p >= mth) & (p > 0)
+
+
+def threshold_accept(target_probs: torch.Tensor, draft_tokens: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Accept x if p(x) >= threshold."""
+    return _prob_of_drafts(target_probs, draft_tokens) >= threshold
+
+
+def commit_accepted(
+    target_probs: torch.Tensor,  # [B, K+1, V]
+    draft_tokens: torch.Tensor,  # [B, K]
+    num_draft: torch.Tensor,  # [B]
+    accept: torch.Tensor,  # [B, K] the policy's per-position verdicts
+    noise: torch.Tensor | None,  # [B, K+1, V] Exp(1) when sampling; None: greedy
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the accepted prefix, then the target's own token at the first non-accepted position (or the
+    bonus position): its argmax when greedy, a sample from p (exponential race) when sampling."""
+    b = draft_tokens.shape[0]
+    num_accepted = _accepted_prefix_length(accept, num_draft)  # [B]
+    p_at = target_probs[torch.arange(b, device=target_probs.device), num_accepted]  # [B, V]
+    if noise is not None:
+        p_at = p_at / noise[torch.arange(b, device=noise.device), num_accepted]
+    return num_accepted, _assemble(draft_tokens, num_accepted, p_at.argmax(dim=1))

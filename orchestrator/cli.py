@@ -108,7 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=[], help="stop string; repeatable")
     gen.add_argument("--draft", default="ngram", help=f"{DRAFT_SYNTAX} (none = target-only baseline)")
     gen.add_argument("--k", type=int, default=4, help="draft tokens per step")
-    gen.add_argument("--policy", default="", help="exact | rejection (default: by temperature)")
+    gen.add_argument(
+        "--policy",
+        default="",
+        help="lossless: exact | rejection (default: by temperature); "
+        "LOSSY (output may differ from the target's): typical | topk-agree | threshold",
+    )
+    gen.add_argument("--typical-epsilon", type=float, default=0.0, help="LOSSY typical: epsilon (default 0.09)")
+    gen.add_argument("--typical-delta", type=float, default=0.0, help="LOSSY typical: delta (default 0.3)")
+    gen.add_argument("--agree-top-m", type=int, default=0, help="LOSSY topk-agree: m (default 2)")
+    gen.add_argument("--accept-threshold", type=float, default=0.0, help="LOSSY threshold: tau (default 0.1)")
     gen.add_argument("--logprobs", action="store_true", help="return the target's log-probabilities")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     gen.add_argument(
@@ -214,6 +223,12 @@ async def _generate(args: argparse.Namespace) -> int:
         draft=args.draft,
         k=args.k,
         policy=args.policy,
+        policy_params={
+            "typical_epsilon": args.typical_epsilon,
+            "typical_delta": args.typical_delta,
+            "agree_top_m": args.agree_top_m,
+            "accept_threshold": args.accept_threshold,
+        },
     )
     if args.chat:
         request["messages"] = [{"role": "user", "content": args.prompt}]

@@ -8,6 +8,7 @@ from typing import Any
 
 from specdec import service
 from specdec.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from specdec.wire import policy_params_to_pb
 
 
 def build_request(
@@ -26,6 +27,7 @@ def build_request(
     draft: str = "",
     k: int | None = None,
     policy: str = "",
+    policy_params: dict[str, float] | None = None,
     model: str = "",
     probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED,
 ) -> orchestrator_pb2.GenerateRequest:
@@ -46,6 +48,8 @@ def build_request(
         model=model,
         probs_encoding=probs_encoding,
     )
+    if policy_params:
+        request.policy_params.CopyFrom(policy_params_to_pb(policy_params))
     if seed is not None:
         request.seed = seed
     if k is not None:

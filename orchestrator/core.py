@@ -22,10 +22,9 @@ from specdec.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfR
 from specdec.modeling import canonical_name, chat_prompt_ids, is_default_model
 from specdec.orchestrator.loop import LoopStats, OnDelta, SampleResult, SampleSpec, run_sample
 from specdec.orchestrator.streams import DraftStream, VerifierStream
+from specdec.policies import resolve_policy, resolve_policy_params
 from specdec.sampling import SamplingConfig, derive_seed
 from specdec.v1 import common_pb2, draft_pb2_grpc, verifier_pb2, verifier_pb2_grpc
-
-POLICIES = ("exact", "rejection")
 
 
 @dataclass
@@ -69,6 +68,7 @@ class GenerationRequest:
     draft: str = ""
     k: int | None = None
     policy: str = ""
+    policy_params: dict[str, float] = field(default_factory=dict)  # lossy policies; empty: defaults
     model: str = ""
     probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED
 
@@ -210,17 +210,15 @@ class OrchestratorCore:
             k = 0
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         base = SamplingConfig.from_wire(request.temperature, request.top_k, request.top_p, 0)
-        if request.policy not in ("", *POLICIES):
-            raise InvalidArgument(f"policy must be one of {POLICIES}, got {request.policy!r}")
-        if request.policy == "exact" and not base.greedy:
-            raise InvalidArgument("policy 'exact' needs temperature 0; use 'rejection' to sample losslessly")
-        policy = "exact" if base.greedy else "rejection"
+        policy = resolve_policy(request.policy, base)
+        policy_params = resolve_policy_params(request.policy_params)
         specs = [
             SampleSpec(
                 index=i,
                 prompt_token_ids=prompt_ids,
                 sampling=SamplingConfig(base.temperature, base.top_k, base.top_p, derive_seed(seed, i, "sample")),
                 policy=policy,
+                policy_params=policy_params,
                 draft=draft,
                 k=k,
                 max_new_tokens=max_new,

@@ -16,7 +16,7 @@ from specdec.orchestrator.streams import DraftBlock, DraftStream, VerifierStream
 from specdec.orchestrator.text import OutputText
 from specdec.sampling import SamplingConfig
 from specdec.v1 import common_pb2, draft_pb2, verifier_pb2
-from specdec.wire import sampling_to_pb
+from specdec.wire import policy_params_to_pb, sampling_to_pb
 
 
 @dataclass
@@ -66,6 +66,7 @@ class SampleSpec:
     eos_token_ids: frozenset[int]
     max_context: int
     return_logprobs: bool
+    policy_params: dict[str, float] = field(default_factory=dict)
     probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED
     target_name: str = ""
     target_fingerprint: str = ""
@@ -128,6 +129,7 @@ async def open_sessions(spec: SampleSpec, verifier: VerifierStream, draft: Draft
                 prompt_token_ids=spec.prompt_token_ids,
                 sampling=sampling,
                 policy=spec.policy,
+                policy_params=policy_params_to_pb(spec.policy_params),
                 return_logprobs=spec.return_logprobs,
                 session_id=str(spec.index),
             )

@@ -12,6 +12,7 @@ from specdec.orchestrator.core import GenerationRequest, GenerationResult, Limit
 from specdec.orchestrator.http_api import HttpServer, serve_http
 from specdec.orchestrator.loop import Delta
 from specdec.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from specdec.wire import policy_params_from_pb
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
 
@@ -32,6 +33,7 @@ def request_from_pb(msg: orchestrator_pb2.GenerateRequest) -> GenerationRequest:
         draft=msg.draft,
         k=msg.k if msg.HasField("k") else None,
         policy=msg.policy,
+        policy_params=policy_params_from_pb(msg.policy_params),
         model=msg.model,
         probs_encoding=msg.probs_encoding,
     )

@@ -22,6 +22,18 @@ def sampling_to_pb(cfg: SamplingConfig) -> common_pb2.SamplingParams:
     return common_pb2.SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed)
 
 
+def policy_params_from_pb(msg: common_pb2.PolicyParams) -> dict[str, float]:
+    """The lossy policies' parameters that were set (proto3 zero = default, resolved by the verifier)."""
+    return {f.name: float(getattr(msg, f.name)) for f in msg.DESCRIPTOR.fields if getattr(msg, f.name)}
+
+
+def policy_params_to_pb(params: dict[str, float]) -> common_pb2.PolicyParams:
+    msg = common_pb2.PolicyParams()
+    for name, value in params.items():
+        setattr(msg, name, int(value) if name == "agree_top_m" else value)
+    return msg
+
+
 def encode_distribution(q: torch.Tensor, encoding: int) -> common_pb2.TokenDistribution:
     """q[V] -> message. AUTO picks sparse when it is smaller (8 bytes per nonzero vs 4 per token)."""
     q = q.detach().float().cpu()

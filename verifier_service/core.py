@@ -16,6 +16,7 @@ from specdec import kernels
 from specdec.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from specdec.kvcache import CachedSequence
 from specdec.modeling import LoadedModel
+from specdec.policies import LOSSY_POLICIES, resolve_policy, resolve_policy_params
 from specdec.sampling import (
     SamplingConfig,
     derive_seed,
@@ -24,18 +25,7 @@ from specdec.sampling import (
     make_generator,
 )
 
-POLICIES = ("exact", "rejection")
-
 ACCEPTED, REJECTED, SKIPPED = "accepted", "rejected", "skipped"
-
-
-def resolve_policy(policy: str, sampling: SamplingConfig) -> str:
-    """Empty means exact at temperature 0, rejection otherwise. At temperature 0 both are exact match."""
-    if policy not in ("", *POLICIES):
-        raise InvalidArgument(f"policy must be one of {POLICIES}, got {policy!r}")
-    if policy == "exact" and not sampling.greedy:
-        raise InvalidArgument("policy 'exact' needs temperature 0; use 'rejection' to sample losslessly")
-    return "exact" if sampling.greedy else "rejection"
 
 
 @dataclass
@@ -43,6 +33,7 @@ class SessionOptions:
     prompt_token_ids: list[int]
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     policy: str = ""
+    policy_params: dict[str, float] = field(default_factory=dict)  # lossy policies; empty: defaults
     return_logprobs: bool = False
     return_hidden_states: bool = False
 
@@ -74,6 +65,7 @@ class VerifierSession:
         self.lm = lm
         self.options = options
         self.policy = resolve_policy(options.policy, options.sampling)
+        self.policy_params = resolve_policy_params(options.policy_params)
         self.committed: list[int] = list(prompt)
         self.kv = CachedSequence(lm.model)
         self.generator = make_generator(derive_seed(options.sampling.seed, 0, "verifier"), lm.device)
@@ -140,6 +132,13 @@ class VerifierSession:
         num_draft = torch.tensor([k], device=device)  # [1]
         if self.policy == "exact":
             accepted, output = kernels.greedy_verify(block_logits[None], tokens, num_draft)
+        elif self.policy in LOSSY_POLICIES:  # LOSSY: p at temperature 0 is the raw softmax
+            sampling = self.options.sampling
+            p = torch.softmax(block_logits.float(), -1) if sampling.greedy else logits_to_probs(block_logits, sampling)
+            noise = None if sampling.greedy else draw_acceptance_randoms(self.generator, k, p.shape[-1], device)[1]
+            accepted, output = kernels.lossy_verify(
+                p[None], tokens, num_draft, self.policy, self.policy_params, None if noise is None else noise[None]
+            )
         else:
             p = logits_to_probs(block_logits, self.options.sampling)  # [K+1, V]
             q = None if draft_probs is None else draft_probs.to(device)[None]  # [1, K, V]
@@ -165,8 +164,8 @@ class VerifierSession:
             raise OutOfRange(f"block would reach position {position + len(tokens)}; context is {self.lm.max_context}")
         if probs is None:
             return
-        if self.policy != "rejection":
-            raise InvalidArgument("draft_probs are only used by the 'rejection' policy")
+        if self.options.sampling.greedy:
+            raise InvalidArgument("draft_probs are only used when sampling (temperature > 0)")
         if probs.shape != (len(tokens), self.lm.vocab_size):
             raise InvalidArgument(
                 f"draft_probs must have one row of {self.lm.vocab_size} per draft token, got {tuple(probs.shape)}"

@@ -21,7 +21,7 @@ from specdec.verifier_service.core import (
     VerifierSession,
     VerifyOutcome,
 )
-from specdec.wire import decode_distributions, sampling_from_pb
+from specdec.wire import decode_distributions, policy_params_from_pb, sampling_from_pb
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
@@ -141,6 +141,7 @@ def _options_from_pb(msg: verifier_pb2.OpenVerifierSession) -> SessionOptions:
         prompt_token_ids=list(msg.prompt_token_ids),
         sampling=sampling_from_pb(msg.sampling),
         policy=msg.policy,
+        policy_params=policy_params_from_pb(msg.policy_params),
         return_logprobs=msg.return_logprobs,
         return_hidden_states=msg.return_hidden_states,
     )

@@ -28,6 +28,18 @@ class SamplingParams(_message.Message):
     seed: int
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
+class PolicyParams(_message.Message):
+    __slots__ = ("typical_epsilon", "typical_delta", "agree_top_m", "accept_threshold")
+    TYPICAL_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    TYPICAL_DELTA_FIELD_NUMBER: _ClassVar[int]
+    AGREE_TOP_M_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    typical_epsilon: float
+    typical_delta: float
+    agree_top_m: int
+    accept_threshold: float
+    def __init__(self, typical_epsilon: _Optional[float] = ..., typical_delta: _Optional[float] = ..., agree_top_m: _Optional[int] = ..., accept_threshold: _Optional[float] = ...) -> None: ...
+
 class TokenDistribution(_message.Message):
     __slots__ = ("dense_f32", "sparse")
     DENSE_F32_FIELD_NUMBER: _ClassVar[int]

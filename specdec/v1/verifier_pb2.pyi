@@ -28,20 +28,22 @@ class VerifierRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[OpenVerifierSession, _Mapping]] = ..., verify: _Optional[_Union[VerifyBlock, _Mapping]] = ...) -> None: ...
 
 class OpenVerifierSession(_message.Message):
-    __slots__ = ("prompt_token_ids", "sampling", "policy", "return_logprobs", "return_hidden_states", "session_id")
+    __slots__ = ("prompt_token_ids", "sampling", "policy", "policy_params", "return_logprobs", "return_hidden_states", "session_id")
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_PARAMS_FIELD_NUMBER: _ClassVar[int]
     RETURN_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     RETURN_HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: _common_pb2.SamplingParams
     policy: str
+    policy_params: _common_pb2.PolicyParams
     return_logprobs: bool
     return_hidden_states: bool
     session_id: str
-    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., policy: _Optional[str] = ..., return_logprobs: _Optional[bool] = ..., return_hidden_states: _Optional[bool] = ..., session_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., policy: _Optional[str] = ..., policy_params: _Optional[_Union[_common_pb2.PolicyParams, _Mapping]] = ..., return_logprobs: _Optional[bool] = ..., return_hidden_states: _Optional[bool] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class VerifyBlock(_message.Message):
     __slots__ = ("position", "step", "draft_token_ids", "draft_probs")
