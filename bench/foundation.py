@@ -86,7 +86,8 @@ class Method:
 
     name: str
     draft: str = ""  # "" = HF generate; else the `draft` field of the request
-    k: int | None = None
+    k: int | None = None  # the fixed or starting K
+    k_controller: str = "fixed"
 
 
 METHODS = (
@@ -94,6 +95,8 @@ METHODS = (
     Method("none", draft="none"),
     Method("ngram4", draft="ngram", k=4),
     Method("ngram8", draft="ngram", k=8),
+    Method("ngram-heuristic", draft="ngram", k=4, k_controller="heuristic"),
+    Method("ngram-cost", draft="ngram", k=4, k_controller="cost"),
 )
 
 
@@ -152,7 +155,11 @@ async def measure(
         return tokens, time.perf_counter() - start, {}
     start = time.perf_counter()
     response = await client.generate(
-        prompt_token_ids=ids, max_new_tokens=max_new_tokens, draft=method.draft, k=method.k
+        prompt_token_ids=ids,
+        max_new_tokens=max_new_tokens,
+        draft=method.draft,
+        k=method.k,
+        k_controller=method.k_controller,
     )
     seconds = time.perf_counter() - start
     return [int(t) for t in response.completions[0].token_ids], seconds, stats_to_dict(response.stats)
@@ -171,7 +178,7 @@ async def bench_prompt(
             results.append(m)
             label = "warm-up" if repeat < 0 else f"repeat {repeat + 1}/{repeats}"
             print(
-                f"  {name:<10} {method.name:<7} {label:<13} {m.tokens:>4} tok {m.tokens_per_second:8.1f} tok/s",
+                f"  {name:<10} {method.name:<15} {label:<13} {m.tokens:>4} tok {m.tokens_per_second:8.1f} tok/s",
                 file=sys.stderr,
                 flush=True,
             )

@@ -44,12 +44,12 @@ class DraftSession:
             bad = [t for t in ids if not 0 <= t < self.vocab_size][:5]
             raise InvalidArgument(f"{field_name} has ids outside the vocabulary [0, {self.vocab_size}): {bad}")
 
-    def propose(self, position: int, max_tokens: int) -> Iterator[Proposal]:
+    def propose(self, position: int, max_tokens: int, min_confidence: float = 0.0) -> Iterator[Proposal]:
         if position != len(self.committed):
             raise FailedPrecondition(
                 f"propose position {position} does not match the committed length {len(self.committed)}"
             )
-        return self.drafter.propose(self.committed, max_tokens)
+        return self.drafter.propose(self.committed, max_tokens, min_confidence)
 
     def commit(self, position: int, token_ids: list[int]) -> None:
         """Tokens committed from `position` on; anything the draft assumed after it is dropped."""

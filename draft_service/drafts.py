@@ -22,7 +22,9 @@ Proposal = tuple[int, torch.Tensor | None]
 class Drafter(Protocol):
     sends_probs: bool
 
-    def propose(self, committed: Sequence[int], max_tokens: int) -> Iterator[Proposal]: ...
+    def propose(self, committed: Sequence[int], max_tokens: int, min_confidence: float = 0.0) -> Iterator[Proposal]:
+        """Up to max_tokens proposals; a model draft stops early when its top-1 probability < min_confidence."""
+        ...
 
     def close(self) -> None: ...
 
@@ -36,7 +38,7 @@ class NgramDrafter:
     def __init__(self, ngram_max: int) -> None:
         self.ngram_max = ngram_max
 
-    def propose(self, committed: Sequence[int], max_tokens: int) -> Iterator[Proposal]:
+    def propose(self, committed: Sequence[int], max_tokens: int, min_confidence: float = 0.0) -> Iterator[Proposal]:
         for token in lookup_continuation(committed, self.ngram_max, max_tokens):
             yield token, None
 
@@ -70,10 +72,12 @@ class ModelDrafter:
         self.kv = CachedSequence(lm.model)
         self.generator = make_generator(derive_seed(sampling.seed, 0, "draft"), lm.device)
 
-    def propose(self, committed: Sequence[int], max_tokens: int) -> Iterator[Proposal]:
+    def propose(self, committed: Sequence[int], max_tokens: int, min_confidence: float = 0.0) -> Iterator[Proposal]:
         inputs = self.kv.pending(committed)
         for _ in range(max_tokens):
             logits = self.kv.extend(inputs).logits[-1]  # [V] next-token logits
+            if min_confidence > 0 and float(torch.softmax(logits.float(), -1).max()) < min_confidence:
+                return  # not confident enough to be worth verifying
             if self.sampling.greedy:
                 token, q = int(logits.argmax()), None
             else:

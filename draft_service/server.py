@@ -88,7 +88,7 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
     ) -> AsyncIterator[draft_pb2.DraftChunk]:
         """Stream one chunk per token as the drafter produces it, then an empty `last` chunk."""
         start = time.perf_counter()
-        proposals = session.propose(request.position, request.max_tokens)
+        proposals = session.propose(request.position, request.max_tokens, request.min_confidence)
         position = request.position
         while (proposal := await self.worker.run(_next_proposal, proposals)) is not None:
             token, q = proposal

@@ -107,7 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-samples", type=int, default=1)
     gen.add_argument("--stop", action="append", default=[], help="stop string; repeatable")
     gen.add_argument("--draft", default="ngram", help=f"{DRAFT_SYNTAX} (none = target-only baseline)")
-    gen.add_argument("--k", type=int, default=4, help="draft tokens per step")
+    gen.add_argument("--k", type=int, default=4, help="draft tokens per step (the starting K when adaptive)")
+    gen.add_argument(
+        "--k-controller", default="fixed", choices=["fixed", "heuristic", "confidence", "cost"], help="how K adapts"
+    )
+    gen.add_argument("--k-max", type=int, default=8, help="the most draft tokens per step when adaptive")
+    gen.add_argument(
+        "--draft-min-confidence", type=float, default=0.0, help="confidence controller: p_min (default 0.5)"
+    )
     gen.add_argument(
         "--policy",
         default="",
@@ -222,6 +229,9 @@ async def _generate(args: argparse.Namespace) -> int:
         return_logprobs=args.logprobs,
         draft=args.draft,
         k=args.k,
+        k_controller=args.k_controller,
+        k_max=args.k_max,
+        draft_min_confidence=args.draft_min_confidence,
         policy=args.policy,
         policy_params={
             "typical_epsilon": args.typical_epsilon,

@@ -28,6 +28,9 @@ def build_request(
     k: int | None = None,
     policy: str = "",
     policy_params: dict[str, float] | None = None,
+    k_controller: str = "",
+    k_max: int | None = None,
+    draft_min_confidence: float = 0.0,
     model: str = "",
     probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED,
 ) -> orchestrator_pb2.GenerateRequest:
@@ -45,6 +48,8 @@ def build_request(
         return_logprobs=return_logprobs,
         draft=draft,
         policy=policy,
+        k_controller=k_controller,
+        draft_min_confidence=draft_min_confidence,
         model=model,
         probs_encoding=probs_encoding,
     )
@@ -54,6 +59,8 @@ def build_request(
         request.seed = seed
     if k is not None:
         request.k = k
+    if k_max is not None:
+        request.k_max = k_max
     return request
 
 

@@ -20,6 +20,7 @@ from specdec import service
 from specdec.draftspec import parse_draft
 from specdec.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from specdec.modeling import canonical_name, chat_prompt_ids, is_default_model
+from specdec.orchestrator.k_control import make_controller
 from specdec.orchestrator.loop import LoopStats, OnDelta, SampleResult, SampleSpec, run_sample
 from specdec.orchestrator.streams import DraftStream, VerifierStream
 from specdec.policies import resolve_policy, resolve_policy_params
@@ -33,6 +34,8 @@ class Limits:
 
     default_draft: str = "ngram"
     default_k: int = 4
+    default_k_max: int = 8
+    default_k_controller: str = "fixed"
     k_max: int = 32
     default_max_new_tokens: int = 128
     max_new_tokens: int = 4096
@@ -69,6 +72,9 @@ class GenerationRequest:
     k: int | None = None
     policy: str = ""
     policy_params: dict[str, float] = field(default_factory=dict)  # lossy policies; empty: defaults
+    k_controller: str = ""
+    k_max: int | None = None
+    draft_min_confidence: float = 0.0
     model: str = ""
     probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED
 
@@ -206,6 +212,16 @@ class OrchestratorCore:
         k = limits.default_k if request.k is None else request.k
         if not 0 <= k <= limits.k_max:
             raise OutOfRange(f"k must be in [0, {limits.k_max}], got {k}")
+        k_max = limits.default_k_max if request.k_max is None else request.k_max
+        if not 1 <= k_max <= limits.k_max:
+            raise OutOfRange(f"k_max must be in [1, {limits.k_max}], got {k_max}")
+        controller = request.k_controller or limits.default_k_controller
+        make_controller(controller, k, k_max)  # validates the name
+        if controller != "fixed" and k > k_max:
+            raise OutOfRange(f"k (the starting K) must be <= k_max ({k_max}), got {k}")
+        min_confidence = request.draft_min_confidence or (0.5 if controller == "confidence" else 0.0)
+        if not 0.0 <= min_confidence <= 1.0:
+            raise OutOfRange(f"draft_min_confidence must be in [0, 1], got {min_confidence}")
         if draft.kind == "none":
             k = 0
         seed = request.seed if request.seed is not None else secrets.randbits(63)
@@ -219,6 +235,9 @@ class OrchestratorCore:
                 sampling=SamplingConfig(base.temperature, base.top_k, base.top_p, derive_seed(seed, i, "sample")),
                 policy=policy,
                 policy_params=policy_params,
+                k_controller=controller,
+                k_max=k_max,
+                draft_min_confidence=min_confidence,
                 draft=draft,
                 k=k,
                 max_new_tokens=max_new,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from specdec.draftspec import DraftSpec
+from specdec.orchestrator.k_control import StepObservation, make_controller
 from specdec.orchestrator.streams import DraftBlock, DraftStream, VerifierStream
 from specdec.orchestrator.text import OutputText
 from specdec.sampling import SamplingConfig
@@ -31,6 +32,20 @@ class LoopStats:
     prefill_ms: float = 0.0
     first_token_at: float | None = None  # perf_counter() of the first committed token
 
+    k_history: list[int] = field(default_factory=list)  # K asked for at each step
+
+    def record(self, step: StepObservation, committed: int) -> None:
+        self.steps += 1
+        self.draft_tokens += step.drafted
+        self.accepted_tokens += step.accepted
+        self.committed_tokens += committed
+        self.draft_ms += step.draft_ms
+        self.verify_ms += step.verify_ms
+        self.network_ms += step.draft_network_ms + step.verify_network_ms
+        self.k_history.append(step.k)
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+
     @property
     def acceptance_rate(self) -> float:
         return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
@@ -45,6 +60,7 @@ class LoopStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("draft_ms", "verify_ms", "network_ms", "prefill_ms"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.k_history.extend(other.k_history)
         if other.first_token_at is not None and (
             self.first_token_at is None or other.first_token_at < self.first_token_at
         ):
@@ -67,6 +83,9 @@ class SampleSpec:
     max_context: int
     return_logprobs: bool
     policy_params: dict[str, float] = field(default_factory=dict)
+    k_controller: str = "fixed"
+    k_max: int = 8
+    draft_min_confidence: float = 0.0  # sent with each propose (the "confidence" controller)
     probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED
     target_name: str = ""
     target_fingerprint: str = ""
@@ -95,11 +114,11 @@ class Delta:
 OnDelta = Callable[[Delta], Awaitable[None]]
 
 
-def block_size(spec: SampleSpec, generated: int, committed_length: int) -> int:
-    """K for this step, so that accepted + 1 never passes max_new_tokens or the context."""
+def block_size(spec: SampleSpec, wanted: int, generated: int, committed_length: int) -> int:
+    """The controller's K for this step, capped so that accepted + 1 never passes max_new_tokens or the context."""
     if spec.draft.kind == "none":
         return 0
-    return max(0, min(spec.k, spec.max_new_tokens - generated - 1, spec.max_context - committed_length - 1))
+    return max(0, min(wanted, spec.max_new_tokens - generated - 1, spec.max_context - committed_length - 1))
 
 
 def finish_check(
@@ -155,26 +174,29 @@ async def open_sessions(spec: SampleSpec, verifier: VerifierStream, draft: Draft
 
 
 async def speculative_step(
-    position: int, step: int, k: int, verifier: VerifierStream, draft: DraftStream | None, stats: LoopStats
-) -> verifier_pb2.Verdict:
+    spec: SampleSpec, position: int, step: int, k: int, verifier: VerifierStream, draft: DraftStream | None,
+    stats: LoopStats,
+) -> tuple[verifier_pb2.Verdict, StepObservation]:  # fmt: skip
     """Propose up to k tokens from committed length `position`, verify them in one pass, record the timings."""
     block = DraftBlock()
+    draft_network_ms = 0.0
     if draft is not None and k > 0:
-        block = await draft.propose(position, step, k)
-        stats.draft_ms += block.draft_ms
-        stats.network_ms += max(0.0, block.round_trip_ms - block.draft_ms)
+        block = await draft.propose(position, step, k, spec.draft_min_confidence)
+        draft_network_ms = max(0.0, block.round_trip_ms - block.draft_ms)
     timed = await verifier.verify(position, step, block.tokens, block.probs)
     verdict = timed.verdict
     compute_ms = verdict.forward_ms + verdict.accept_ms
-    stats.verify_ms += compute_ms
-    stats.network_ms += max(0.0, timed.round_trip_ms - compute_ms)
-    stats.steps += 1
-    stats.draft_tokens += len(block.tokens)
-    stats.accepted_tokens += verdict.num_accepted
-    stats.committed_tokens += len(verdict.token_ids)
-    if stats.first_token_at is None:
-        stats.first_token_at = time.perf_counter()
-    return verdict
+    observation = StepObservation(
+        k=k,
+        drafted=len(block.tokens),
+        accepted=verdict.num_accepted,
+        draft_ms=block.draft_ms,
+        verify_ms=compute_ms,
+        draft_network_ms=draft_network_ms,
+        verify_network_ms=max(0.0, timed.round_trip_ms - compute_ms),
+    )
+    stats.record(observation, len(verdict.token_ids))
+    return verdict, observation
 
 
 async def run_sample(
@@ -190,10 +212,12 @@ async def run_sample(
     text = OutputText(tokenizer, spec.stop)
     position = len(spec.prompt_token_ids)  # committed length
     logprobs: list[float] = []
+    controller = make_controller(spec.k_controller, spec.k, spec.k_max)
     finish = ""
     while not finish:
-        k = block_size(spec, len(text.tokens), position)
-        verdict = await speculative_step(position, stats.steps, k, verifier, draft, stats)
+        k = block_size(spec, controller.next_k(), len(text.tokens), position)
+        verdict, observation = await speculative_step(spec, position, stats.steps, k, verifier, draft, stats)
+        controller.observe(observation)
         committed = list(verdict.token_ids)  # accepted drafts + the target's token, positions position ..
 
         before = len(text.tokens)

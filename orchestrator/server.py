@@ -34,6 +34,9 @@ def request_from_pb(msg: orchestrator_pb2.GenerateRequest) -> GenerationRequest:
         k=msg.k if msg.HasField("k") else None,
         policy=msg.policy,
         policy_params=policy_params_from_pb(msg.policy_params),
+        k_controller=msg.k_controller,
+        k_max=msg.k_max if msg.HasField("k_max") else None,
+        draft_min_confidence=msg.draft_min_confidence,
         model=msg.model,
         probs_encoding=msg.probs_encoding,
     )

@@ -105,10 +105,10 @@ class DraftStream(_SessionStream):
         await self._write(draft_pb2.DraftRequest(open=request))
         return await self._read("opened")
 
-    async def propose(self, position: int, step: int, max_tokens: int) -> DraftBlock:
+    async def propose(self, position: int, step: int, max_tokens: int, min_confidence: float = 0.0) -> DraftBlock:
         """Collect the streamed chunks of one block."""
         start = time.perf_counter()
-        request = draft_pb2.Propose(position=position, step=step, max_tokens=max_tokens)
+        request = draft_pb2.Propose(position=position, step=step, max_tokens=max_tokens, min_confidence=min_confidence)
         await self._write(draft_pb2.DraftRequest(propose=request))
         block = DraftBlock()
         while True:

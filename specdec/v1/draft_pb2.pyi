@@ -38,14 +38,16 @@ class OpenDraftSession(_message.Message):
     def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., draft: _Optional[str] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., target_name: _Optional[str] = ..., target_vocab_fingerprint: _Optional[str] = ..., target_vocab_size: _Optional[int] = ..., probs_encoding: _Optional[_Union[_common_pb2.ProbsEncoding, str]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class Propose(_message.Message):
-    __slots__ = ("position", "step", "max_tokens")
+    __slots__ = ("position", "step", "max_tokens", "min_confidence")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     position: int
     step: int
     max_tokens: int
-    def __init__(self, position: _Optional[int] = ..., step: _Optional[int] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+    min_confidence: float
+    def __init__(self, position: _Optional[int] = ..., step: _Optional[int] = ..., max_tokens: _Optional[int] = ..., min_confidence: _Optional[float] = ...) -> None: ...
 
 class Commit(_message.Message):
     __slots__ = ("position", "token_ids")

@@ -16,7 +16,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "prompt_token_ids", "messages", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "num_samples", "stop", "return_logprobs", "draft", "k", "policy", "policy_params", "model", "probs_encoding")
+    __slots__ = ("prompt", "prompt_token_ids", "messages", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "num_samples", "stop", "return_logprobs", "draft", "k", "policy", "policy_params", "k_controller", "k_max", "draft_min_confidence", "model", "probs_encoding")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,9 @@ class GenerateRequest(_message.Message):
     K_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     POLICY_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    K_CONTROLLER_FIELD_NUMBER: _ClassVar[int]
+    K_MAX_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROBS_ENCODING_FIELD_NUMBER: _ClassVar[int]
     prompt: str
@@ -49,9 +52,12 @@ class GenerateRequest(_message.Message):
     k: int
     policy: str
     policy_params: _common_pb2.PolicyParams
+    k_controller: str
+    k_max: int
+    draft_min_confidence: float
     model: str
     probs_encoding: _common_pb2.ProbsEncoding
-    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., num_samples: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., return_logprobs: _Optional[bool] = ..., draft: _Optional[str] = ..., k: _Optional[int] = ..., policy: _Optional[str] = ..., policy_params: _Optional[_Union[_common_pb2.PolicyParams, _Mapping]] = ..., model: _Optional[str] = ..., probs_encoding: _Optional[_Union[_common_pb2.ProbsEncoding, str]] = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., num_samples: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., return_logprobs: _Optional[bool] = ..., draft: _Optional[str] = ..., k: _Optional[int] = ..., policy: _Optional[str] = ..., policy_params: _Optional[_Union[_common_pb2.PolicyParams, _Mapping]] = ..., k_controller: _Optional[str] = ..., k_max: _Optional[int] = ..., draft_min_confidence: _Optional[float] = ..., model: _Optional[str] = ..., probs_encoding: _Optional[_Union[_common_pb2.ProbsEncoding, str]] = ...) -> None: ...
 
 class Completion(_message.Message):
     __slots__ = ("index", "text", "token_ids", "finish_reason", "logprobs")
