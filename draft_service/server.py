@@ -31,21 +31,11 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
     async def aclose(self) -> None:
         self.worker.shutdown()
 
-    def _open(self, options: DraftOptions, holder: list[DraftSession]) -> DraftSession:
-        session = self.core.open_session(options)
-        holder.append(session)
-        return session
-
-    def _close_opened(self, holder: list[DraftSession]) -> None:
-        for session in holder:
-            self.core.close_session(session)
-        holder.clear()
-
     async def Session(
         self, request_iterator: AsyncIterator[draft_pb2.DraftRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[draft_pb2.DraftResponse]:
         session: DraftSession | None = None
-        opened_sessions: list[DraftSession] = []  # filled on the worker thread, closed there too
+        opened = service.StreamSessions(self.worker, self.core.open_session, self.core.close_session)
         failed_commit: SpecdecError | None = None
         encoding = 0
         try:
@@ -54,7 +44,7 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
                 if kind == "open":
                     if session is not None:
                         raise FailedPrecondition("the session is already open")
-                    session = await self.worker.run(self._open, _options_from_pb(request.open), opened_sessions)
+                    session = await opened.open(_options_from_pb(request.open))
                     encoding = request.open.probs_encoding
                     yield draft_pb2.DraftResponse(
                         opened=draft_pb2.DraftSessionOpened(
@@ -80,8 +70,7 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
         except Exception as exc:
             await service.abort_with(context, exc)
         finally:
-            # On the worker, so it runs after an open or forward still in flight, even if we were cancelled.
-            self.worker.submit(self._close_opened, opened_sessions)
+            opened.close_all()
 
     async def _propose(
         self, session: DraftSession, request: draft_pb2.Propose, encoding: int

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import grpc
 import torch
@@ -19,6 +19,7 @@ from specdec.errors import SpecdecError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+S = TypeVar("S")
 
 # Dense draft distributions are 4 bytes x vocabulary per position (196 KB at V = 49,152, 1.6 MB for K = 8);
 # tokenizer files are a few MB. gRPC's default 4 MiB receive limit is too small for either.
@@ -127,6 +128,34 @@ class ModelWorker:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class StreamSessions(Generic[S]):
+    """The sessions one stream opened. They are opened and closed on the model worker, so a close queued by
+    a cancelled handler still runs after any open or forward pass of the same stream still in flight."""
+
+    def __init__(self, worker: ModelWorker, open_fn: Callable[[Any], S], close_fn: Callable[[S], None]) -> None:
+        self.worker = worker
+        self.open_fn = open_fn
+        self.close_fn = close_fn
+        self.sessions: list[S] = []
+
+    async def open(self, options: Any) -> S:
+        return await self.worker.run(self._open, options)
+
+    def _open(self, options: Any) -> S:
+        session = self.open_fn(options)
+        self.sessions.append(session)
+        return session
+
+    def close_all(self) -> None:
+        """Queue the close; does not wait (safe in a `finally` of a cancelled handler)."""
+        self.worker.submit(self._close_all)
+
+    def _close_all(self) -> None:
+        for session in self.sessions:
+            self.close_fn(session)
+        self.sessions.clear()
 
 
 def _no_grad(fn: Callable[..., T], *args: Any) -> T:

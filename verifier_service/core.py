@@ -69,6 +69,7 @@ class VerifierSession:
         self.committed: list[int] = list(prompt)
         self.kv = CachedSequence(lm.model)
         self.generator = make_generator(derive_seed(options.sampling.seed, 0, "verifier"), lm.device)
+        self.prefill_ms = 0.0
 
     @property
     def committed_length(self) -> int:
@@ -189,11 +190,11 @@ class VerifierCore:
         self.lm = lm
         self.live_sessions = 0
 
-    def open_session(self, options: SessionOptions) -> tuple[VerifierSession, float]:
+    def open_session(self, options: SessionOptions) -> VerifierSession:
         session = VerifierSession(self.lm, options)
-        prefill_ms = session.prefill()
+        session.prefill_ms = session.prefill()
         self.live_sessions += 1
-        return session, prefill_ms
+        return session
 
     def close_session(self, session: VerifierSession) -> None:
         session.kv.rollback(0)

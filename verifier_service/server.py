@@ -67,16 +67,6 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     async def aclose(self) -> None:
         self.worker.shutdown()
 
-    def _open(self, options: SessionOptions, holder: list[VerifierSession]) -> tuple[VerifierSession, float]:
-        session, prefill_ms = self.core.open_session(options)
-        holder.append(session)
-        return session, prefill_ms
-
-    def _close_opened(self, holder: list[VerifierSession]) -> None:
-        for session in holder:
-            self.core.close_session(session)
-        holder.clear()
-
     async def GetModelInfo(
         self, request: verifier_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> verifier_pb2.ModelInfo:
@@ -101,22 +91,19 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         self, request_iterator: AsyncIterator[verifier_pb2.VerifierRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[verifier_pb2.VerifierResponse]:
         session: VerifierSession | None = None
-        opened_sessions: list[VerifierSession] = []  # filled on the worker thread, closed there too
+        opened = service.StreamSessions(self.worker, self.core.open_session, self.core.close_session)
         try:
             async for request in request_iterator:
                 kind = request.WhichOneof("kind")
                 if kind == "open":
                     if session is not None:
                         raise FailedPrecondition("the session is already open")
-                    opened, prefill_ms = await self.worker.run(
-                        self._open, _options_from_pb(request.open), opened_sessions
-                    )
-                    session = opened
+                    session = await opened.open(_options_from_pb(request.open))
                     yield verifier_pb2.VerifierResponse(
                         opened=verifier_pb2.VerifierSessionOpened(
-                            committed_length=opened.committed_length,
-                            prefill_ms=prefill_ms,
-                            policy=opened.policy,
+                            committed_length=session.committed_length,
+                            prefill_ms=session.prefill_ms,
+                            policy=session.policy,
                         )
                     )
                 elif kind == "verify":
@@ -132,8 +119,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         except Exception as exc:
             await service.abort_with(context, exc)
         finally:
-            # On the worker, so it runs after an open or forward still in flight, even if we were cancelled.
-            self.worker.submit(self._close_opened, opened_sessions)
+            opened.close_all()
 
 
 def _options_from_pb(msg: verifier_pb2.OpenVerifierSession) -> SessionOptions:
