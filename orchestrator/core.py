@@ -10,6 +10,7 @@ import asyncio
 import secrets
 import tempfile
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from specdec.draftspec import parse_draft
 from specdec.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from specdec.modeling import canonical_name, chat_prompt_ids, is_default_model
 from specdec.orchestrator.k_control import make_controller
-from specdec.orchestrator.loop import LoopStats, OnDelta, SampleResult, SampleSpec, run_sample
+from specdec.orchestrator.loop import Delta, LoopStats, OnDelta, SampleResult, SampleSpec, run_sample
 from specdec.orchestrator.streams import DraftStream, VerifierStream
 from specdec.policies import resolve_policy, resolve_policy_params
 from specdec.sampling import SamplingConfig, derive_seed
@@ -179,6 +180,24 @@ class OrchestratorCore:
             seed=seed,
             started_at=start,
         )
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncGenerator[Delta | GenerationResult, None]:
+        """Deltas as tokens are committed, then the whole result. Closing the iterator early (a client that
+        went away) cancels the generation, whose session streams then free the KV caches on every service.
+        Consume it inside `contextlib.aclosing` so that happens at once."""
+        deltas: asyncio.Queue[Delta] = asyncio.Queue()
+        task = asyncio.ensure_future(self.generate(request, deltas.put))
+        try:
+            while not (task.done() and deltas.empty()):
+                getter = asyncio.ensure_future(deltas.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            yield task.result()
+        finally:
+            task.cancel()
 
     async def _run_one(self, spec: SampleSpec, target: TargetInfo, on_delta: OnDelta | None) -> SampleResult:
         verifier = VerifierStream(self._verifier)

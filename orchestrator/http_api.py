@@ -15,6 +15,7 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,42 +222,35 @@ class OpenAIApi:
         """Server-sent events in OpenAI's chunk format. Leaving early (client gone) cancels the generation,
         which closes its session streams and so frees the KV caches on every service."""
         target = await self.core.target()
-        deltas: asyncio.Queue[Delta] = asyncio.Queue()
-        task = asyncio.ensure_future(self.core.generate(parsed.request, deltas.put))
         kind = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
             payload = {"id": ident, "object": kind, "created": created, "model": target.name, "choices": choices}
             return f"data: {json.dumps({**payload, **extra})}\n\n"
 
+        started: set[int] = set()
+        result: GenerationResult | None = None
         try:
-            started: set[int] = set()
-            while not (task.done() and deltas.empty()):
-                getter = asyncio.ensure_future(deltas.get())
-                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    continue
-                d = getter.result()
-                if chat and d.index not in started:  # the first chunk of a choice carries the role
-                    started.add(d.index)
-                    yield chunk(
-                        [{"index": d.index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-                    )
-                if d.text or d.finish_reason:
-                    choice = _choice(d.index, d.text, d.finish_reason or None, d.token_ids, d.logprobs, parsed, chat,
-                                     target.tokenizer, delta=True)  # fmt: skip
-                    yield chunk([choice])
-            try:
-                result = task.result()
-            except Exception as exc:  # headers are sent: report the error as a last event
-                yield f"data: {bytes(error_from_exception(exc).body).decode()}\n\n"
-                return
-            if parsed.include_usage:
-                yield chunk([], usage=usage(result), specdec=specdec_stats(result))
-            yield "data: [DONE]\n\n"
-        finally:
-            task.cancel()
+            async with aclosing(self.core.generate_stream(parsed.request)) as stream:
+                async for d in stream:
+                    if not isinstance(d, Delta):
+                        result = d
+                        break
+                    if chat and d.index not in started:  # the first chunk of a choice carries the role
+                        started.add(d.index)
+                        role = {"role": "assistant", "content": ""}
+                        yield chunk([{"index": d.index, "delta": role, "finish_reason": None}])
+                    if d.text or d.finish_reason:
+                        choice = _choice(d.index, d.text, d.finish_reason or None, d.token_ids, d.logprobs, parsed,
+                                         chat, target.tokenizer, delta=True)  # fmt: skip
+                        yield chunk([choice])
+        except Exception as exc:  # headers are sent: report the error as a last event
+            yield f"data: {bytes(error_from_exception(exc).body).decode()}\n\n"
+            return
+        assert result is not None  # generate_stream always ends with the result
+        if parsed.include_usage:
+            yield chunk([], usage=usage(result), specdec=specdec_stats(result))
+        yield "data: [DONE]\n\n"
 
 
 def _choice(

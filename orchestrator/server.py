@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import grpc
 
@@ -114,25 +114,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
     async def GenerateStream(
         self, request: orchestrator_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[orchestrator_pb2.GenerateStreamResponse]:
-        deltas: asyncio.Queue[orchestrator_pb2.GenerateStreamResponse] = asyncio.Queue()
-
-        async def on_delta(delta: Delta) -> None:
-            await deltas.put(delta_to_pb(delta))
-
-        task = asyncio.ensure_future(self.core.generate(request_from_pb(request), on_delta))
         try:
-            while not (task.done() and deltas.empty()):
-                getter = asyncio.ensure_future(deltas.get())
-                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
-            yield orchestrator_pb2.GenerateStreamResponse(done=result_to_pb(task.result()))
+            async with aclosing(self.core.generate_stream(request_from_pb(request))) as stream:
+                async for item in stream:
+                    if isinstance(item, Delta):
+                        yield delta_to_pb(item)
+                    else:
+                        yield orchestrator_pb2.GenerateStreamResponse(done=result_to_pb(item))
         except Exception as exc:
             await service.abort_with(context, exc)
-        finally:
-            task.cancel()  # the client went away: closing the session streams frees the KV caches
 
 
 async def serve(
