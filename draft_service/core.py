@@ -68,7 +68,15 @@ class DraftCore:
         self.dtype = dtype
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
-        self.live_sessions = 0
+        self.sessions: set[DraftSession] = set()
+
+    @property
+    def live_sessions(self) -> int:
+        return len(self.sessions)
+
+    def kv_cache_bytes(self) -> int:
+        """Bytes held by the model drafts' KV caches (prompt lookup holds none)."""
+        return sum(session.drafter.kv_cache_bytes() for session in list(self.sessions))
 
     def register(self, lm: LoadedModel) -> None:
         """Serve an already loaded model as `model:NAME` (embedded mode shares the target's weights)."""
@@ -98,12 +106,12 @@ class DraftCore:
         else:
             raise InvalidArgument("draft 'none' needs no draft session")
         session = DraftSession(spec, drafter, options.prompt_token_ids, vocab_size)
-        self.live_sessions += 1
+        self.sessions.add(session)
         return session
 
     def close_session(self, session: DraftSession) -> None:
         session.drafter.close()
-        self.live_sessions -= 1
+        self.sessions.discard(session)
 
     @staticmethod
     def _check_vocabulary(lm: LoadedModel, options: DraftOptions) -> None:

@@ -9,18 +9,20 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-import numpy as np
 import torch
 
 from specdec.kvcache import CachedSequence
 from specdec.modeling import LoadedModel
-from specdec.sampling import SamplingConfig, derive_seed, logits_to_probs, make_generator, sample_from
+from specdec.sampling import SamplingConfig, logits_to_probs, make_generator, reseed_for_position, sample_from
 
 Proposal = tuple[int, torch.Tensor | None]
+MAX_MATCH_LENGTH = 64  # prompt lookup reports matches up to this long
 
 
 class Drafter(Protocol):
     sends_probs: bool
+    incremental: bool  # proposals come one by one (stream them) rather than all at once
+    match_length: int  # prompt lookup: length of the matched suffix behind the last proposal (else 0)
 
     def propose(self, committed: Sequence[int], max_tokens: int, min_confidence: float = 0.0) -> Iterator[Proposal]:
         """Up to max_tokens proposals; a model draft stops early when its top-1 probability < min_confidence."""
@@ -28,49 +30,108 @@ class Drafter(Protocol):
 
     def close(self) -> None: ...
 
+    def kv_cache_bytes(self) -> int: ...
+
 
 class NgramDrafter:
     """Prompt lookup: find the most recent earlier occurrence of the sequence's last n tokens
-    (n = ngram_max down to 1) and propose the tokens that followed it. No model, no probabilities."""
+    (n = ngram_max down to 1) and propose the tokens that followed it. No model, no probabilities;
+    `match_length` tells the orchestrator how long the matched suffix was."""
 
     sends_probs = False
+    incremental = False  # the whole proposal is known at once: the service sends it as one chunk
 
     def __init__(self, ngram_max: int) -> None:
-        self.ngram_max = ngram_max
+        self.index = NgramIndex(ngram_max)
+        self.match_length = 0
 
     def propose(self, committed: Sequence[int], max_tokens: int, min_confidence: float = 0.0) -> Iterator[Proposal]:
-        for token in lookup_continuation(committed, self.ngram_max, max_tokens):
+        self.index.sync(committed)
+        self.match_length, tokens = self.index.continuation(max_tokens)
+        for token in tokens:
             yield token, None
 
     def close(self) -> None:
         pass
 
+    def kv_cache_bytes(self) -> int:
+        return 0
 
-def lookup_continuation(tokens: Sequence[int], ngram_max: int, max_tokens: int) -> list[int]:
-    seq = np.asarray(tokens, dtype=np.int64)  # [L]
-    length = len(seq)
-    if max_tokens <= 0:
-        return []
-    for n in range(min(ngram_max, length - 1), 0, -1):
-        pattern = seq[length - n :]  # [n]
-        windows = np.lib.stride_tricks.sliding_window_view(seq[: length - 1], n)  # [L-n, n]
-        starts = np.flatnonzero((windows == pattern).all(axis=1))  # earlier occurrences
-        if starts.size:
-            follow = int(starts[-1]) + n  # the most recent match's continuation
-            return seq[follow : follow + max_tokens].tolist()
-    return []
+
+class NgramIndex:
+    """Where every n-gram (n = 1..ngram_max) of a token sequence ends, kept in step with the sequence as it
+    grows and rolls back, so a lookup costs O(ngram_max) dictionary probes instead of a scan of the context."""
+
+    def __init__(self, ngram_max: int) -> None:
+        self.ngram_max = ngram_max
+        self.tokens: list[int] = []
+        self.ends: dict[tuple[int, ...], list[int]] = {}  # n-gram -> increasing end positions
+
+    def sync(self, tokens: Sequence[int]) -> None:
+        """Make the indexed sequence equal to `tokens` (rolling back to their longest common prefix)."""
+        common = len(self.tokens)
+        if len(tokens) < common or list(tokens[:common]) != self.tokens:
+            common = next(
+                (i for i, (a, b) in enumerate(zip(self.tokens, tokens, strict=False)) if a != b),
+                min(common, len(tokens)),
+            )
+        self._truncate(common)
+        for token in tokens[common:]:
+            self._append(int(token))
+
+    def _append(self, token: int) -> None:
+        self.tokens.append(token)
+        end = len(self.tokens) - 1
+        for n in range(1, min(self.ngram_max, end + 1) + 1):
+            self.ends.setdefault(tuple(self.tokens[end - n + 1 :]), []).append(end)
+
+    def _truncate(self, length: int) -> None:
+        while len(self.tokens) > length:
+            end = len(self.tokens) - 1
+            for n in range(1, min(self.ngram_max, end + 1) + 1):
+                key = tuple(self.tokens[end - n + 1 :])
+                ends = self.ends[key]
+                ends.pop()  # the entry for `end`: positions are appended in order
+                if not ends:
+                    del self.ends[key]
+            self.tokens.pop()
+
+    def continuation(self, max_tokens: int) -> tuple[int, list[int]]:
+        """(match length, up to max_tokens tokens that followed the most recent earlier occurrence of the last
+        n tokens) for the longest n <= ngram_max that occurs earlier; the match length counts how many tokens
+        that occurrence really shares with the sequence's end (>= n). (0, []) when even the last token is new."""
+        length = len(self.tokens)
+        if max_tokens <= 0:
+            return 0, []
+        for n in range(min(self.ngram_max, length - 1), 0, -1):
+            ends = self.ends.get(tuple(self.tokens[length - n :]), [])
+            if len(ends) >= 2:  # ends[-1] is the suffix itself; ends[-2] the most recent earlier occurrence
+                follow = ends[-2] + 1
+                return self._agreement(ends[-2], n), self.tokens[follow : follow + max_tokens]
+        return 0, []
+
+    def _agreement(self, end: int, n: int) -> int:
+        """How far back (from n, at most MAX_MATCH_LENGTH) the text before `end` equals the sequence's end:
+        a copy in progress agrees for dozens of tokens, a coincidence for one or two."""
+        tokens, last = self.tokens, len(self.tokens) - 1
+        while n < MAX_MATCH_LENGTH and end - n >= 0 and tokens[end - n] == tokens[last - n]:
+            n += 1
+        return n
 
 
 class ModelDrafter:
     """A causal LM sharing the target's tokenizer, with its own KV cache rolled back to the committed
     prefix before each block. Samples with the target's sampling parameters and its own generator."""
 
+    incremental = True
+    match_length = 0
+
     def __init__(self, lm: LoadedModel, sampling: SamplingConfig) -> None:
         self.lm = lm
         self.sampling = sampling
         self.sends_probs = not sampling.greedy
         self.kv = CachedSequence(lm.model)
-        self.generator = make_generator(derive_seed(sampling.seed, 0, "draft"), lm.device)
+        self.generator = make_generator(sampling.seed, lm.device)  # reseeded for each position
 
     def propose(self, committed: Sequence[int], max_tokens: int, min_confidence: float = 0.0) -> Iterator[Proposal]:
         inputs = self.kv.pending(committed)
@@ -82,9 +143,13 @@ class ModelDrafter:
                 token, q = int(logits.argmax()), None
             else:
                 q = logits_to_probs(logits, self.sampling)  # [V]
-                token = sample_from(q, self.generator)
+                position = len(self.kv.tokens)  # the position this token is drafted for
+                token = sample_from(q, reseed_for_position(self.generator, self.sampling.seed, position, "draft"))
             yield token, q
             inputs = [token]
 
     def close(self) -> None:
         self.kv.rollback(0)
+
+    def kv_cache_bytes(self) -> int:
+        return self.kv.nbytes()

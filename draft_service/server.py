@@ -12,6 +12,7 @@ from specdec import service
 from specdec.draft_service.core import DraftCore, DraftOptions, DraftSession
 from specdec.draft_service.drafts import Proposal
 from specdec.errors import FailedPrecondition, SpecdecError
+from specdec.metrics import ModelServiceMetrics
 from specdec.v1 import draft_pb2, draft_pb2_grpc
 from specdec.wire import encode_distribution, sampling_from_pb
 
@@ -19,14 +20,19 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = draft_pb2.DESCRIPTOR.services_by_name["Draft"].full_name
 
 
-def _next_proposal(proposals: Iterator[Proposal]) -> Proposal | None:
-    return next(proposals, None)
+def _next_batch(proposals: Iterator[Proposal], incremental: bool) -> list[Proposal]:
+    """The next proposal of an incremental drafter, or all of them; [] when the block is complete."""
+    if not incremental:
+        return list(proposals)
+    proposal = next(proposals, None)
+    return [] if proposal is None else [proposal]
 
 
 class DraftServicer(draft_pb2_grpc.DraftServicer):
     def __init__(self, core: DraftCore) -> None:
         self.core = core
         self.worker = service.ModelWorker("draft-model")
+        self.metrics = ModelServiceMetrics("draft", lambda: core.live_sessions, core.kv_cache_bytes)
 
     async def aclose(self) -> None:
         self.worker.shutdown()
@@ -75,21 +81,28 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
     async def _propose(
         self, session: DraftSession, request: draft_pb2.Propose, encoding: int
     ) -> AsyncIterator[draft_pb2.DraftChunk]:
-        """Stream one chunk per token as the drafter produces it, then an empty `last` chunk."""
+        """Stream chunks as the drafter produces tokens (one per token for model drafts, the whole block at
+        once for prompt lookup); the final chunk has `last` set."""
         start = time.perf_counter()
+        drafter = session.drafter
         proposals = session.propose(request.position, request.max_tokens, request.min_confidence)
         position = request.position
-        while (proposal := await self.worker.run(_next_proposal, proposals)) is not None:
-            token, q = proposal
-            chunk = draft_pb2.DraftChunk(step=request.step, position=position, token_ids=[token])
-            if q is not None:
-                chunk.probs.append(encode_distribution(q, encoding))
+        while True:
+            batch = await self.worker.run(_next_batch, proposals, drafter.incremental)
+            chunk = draft_pb2.DraftChunk(
+                step=request.step,
+                position=position,
+                token_ids=[token for token, _ in batch],
+                match_length=drafter.match_length,
+                last=not batch or not drafter.incremental,
+            )
+            chunk.probs.extend(encode_distribution(q, encoding) for _, q in batch if q is not None)
             chunk.draft_ms = (time.perf_counter() - start) * 1e3
             yield chunk
-            position += 1
-        yield draft_pb2.DraftChunk(
-            step=request.step, position=position, last=True, draft_ms=(time.perf_counter() - start) * 1e3
-        )
+            if chunk.last:
+                self.metrics.observe_forward(session.spec.kind, chunk.draft_ms)
+                return
+            position += len(batch)
 
 
 def _options_from_pb(msg: draft_pb2.OpenDraftSession) -> DraftOptions:
@@ -104,9 +117,14 @@ def _options_from_pb(msg: draft_pb2.OpenDraftSession) -> DraftOptions:
 
 
 async def serve(
-    core: DraftCore, port: int = 0, host: str = "127.0.0.1", preload: list[str] | None = None
+    core: DraftCore,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    preload: list[str] | None = None,
+    metrics_port: int | None = None,
 ) -> service.RunningServer:
-    """Start a draft service; `preload` model ids/paths are loaded before it reports SERVING."""
+    """Start a draft service; `preload` model ids/paths are loaded before it reports SERVING; with
+    `metrics_port`, Prometheus metrics too (see `.metrics_port`)."""
     servicer = DraftServicer(core)
     for name in preload or []:
         await servicer.worker.run(core.model, name)
@@ -116,4 +134,5 @@ async def serve(
         servicer,
         port,
         host,
+        metrics_port,
     )

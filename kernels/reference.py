@@ -63,16 +63,24 @@ def rejection_sample(
     Rule: accept d_i with probability min(1, p_i(d_i) / q_i(d_i)), i.e. when u_i * q_i(d_i) < p_i(d_i).
     At the first rejection a, draw from norm(max(0, p_a - q_a)); if all are accepted, draw the bonus
     token from p_K. Draws use the exponential race argmax(dist / noise), so no host sync is needed.
+
+    One-hot q (prompt lookup, greedy drafts, any row with q_i(d_i) = 1) is the same rule with the accept
+    test coupled to the race:
+    d_i is accepted when it wins the race argmax(p_i / noise_i), which happens with probability
+    p_i(d_i) = min(1, p/q); after a rejection the race's winner is a draw from p_i without d_i, which is
+    norm(max(0, p_i - q_i)). So every committed token is the winner of its position's race on p: with noise
+    drawn per position from the seed, a seeded completion is the target's own sample, whatever was drafted.
     """
     b, k = draft_tokens.shape
     rows = torch.arange(b, device=target_probs.device)  # [B]
     safe_tokens = draft_tokens.long().clamp_min(0)  # [B, K] PAD beyond num_draft -> any valid id
-    p_of_draft = target_probs[:, :k].gather(2, safe_tokens[..., None]).squeeze(2)  # [B, K]
-    if draft_probs is None:
-        q_of_draft = torch.ones_like(p_of_draft)  # one-hot q
+    wins_race = (target_probs[:, :k] / noise[:, :k]).argmax(dim=2) == safe_tokens  # [B, K]
+    if draft_probs is None:  # one-hot q
+        accept = wins_race
     else:
+        p_of_draft = target_probs[:, :k].gather(2, safe_tokens[..., None]).squeeze(2)  # [B, K]
         q_of_draft = draft_probs.gather(2, safe_tokens[..., None]).squeeze(2)  # [B, K]
-    accept = uniforms * q_of_draft < p_of_draft  # [B, K]
+        accept = torch.where(q_of_draft >= 1.0, wins_race, uniforms * q_of_draft < p_of_draft)  # [B, K]
     num_accepted = _accepted_prefix_length(accept, num_draft)  # [B]
 
     p_at = target_probs[rows, num_accepted]  # [B, V] target distribution at the final position

@@ -90,19 +90,25 @@ def _rejection_sample_kernel(
 ):
     b = tl.program_id(0)
     n = tl.load(num_draft_ptr + b)
-    # 1. accept d_i while u_i * q_i(d_i) < p_i(d_i)  (i.e. with probability min(1, p/q))
+    # 1. accept d_i with probability min(1, p/q): while u_i * q_i(d_i) < p_i(d_i); with one-hot q, while d_i
+    #    wins the exponential race on p_i (probability p_i(d_i); see the reference's docstring)
     accepted = 0
     done = 0
     for i in range(0, K):
         if done == 0:
             if i < n:
                 d = tl.load(draft_ptr + b * stride_db + i)
-                p = tl.load(p_ptr + b * stride_pb + i * stride_pk + d).to(tl.float32)
                 q = 1.0
                 if HAS_Q:
                     q = tl.load(q_ptr + b * stride_qb + i * stride_qk + d).to(tl.float32)
-                u = tl.load(uniforms_ptr + b * stride_ub + i).to(tl.float32)
-                if u * q < p:
+                if q >= 1.0:  # one-hot row
+                    p_row_i = p_ptr + b * stride_pb + i * stride_pk
+                    ok = _race_winner(p_row_i, noise_ptr + b * stride_nb + i * stride_nk, V, BLOCK) == d
+                else:
+                    p = tl.load(p_ptr + b * stride_pb + i * stride_pk + d).to(tl.float32)
+                    u = tl.load(uniforms_ptr + b * stride_ub + i).to(tl.float32)
+                    ok = u * q < p
+                if ok:
                     tl.store(out_ptr + b * stride_ob + i, d)
                     accepted += 1
                 else:
@@ -148,6 +154,24 @@ def _rejection_sample_kernel(
     final = tl.where(residual_mass > 0.0, best_r_idx, best_p_idx).to(tl.int64)
     tl.store(out_ptr + b * stride_ob + a, final)
     tl.store(num_accepted_ptr + b, a)
+
+
+@triton.jit
+def _race_winner(p_row, noise_row, V, BLOCK: tl.constexpr):
+    """argmax(p / noise) over one row of V (the first index on ties, as torch.argmax)."""
+    best = -1.0
+    best_idx = 0
+    for start in range(0, V, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        valid = offs < V
+        p = tl.load(p_row + offs, mask=valid, other=0.0).to(tl.float32)
+        e = tl.load(noise_row + offs, mask=valid, other=1.0).to(tl.float32)
+        race = tl.where(valid, tl.math.div_rn(p, e), -1.0)
+        block_best = tl.max(race, axis=0)
+        take = block_best > best
+        best_idx = tl.where(take, tl.argmax(race, axis=0) + start, best_idx)
+        best = tl.where(take, block_best, best)
+    return best_idx
 
 
 def _outputs(b: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

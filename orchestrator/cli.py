@@ -18,6 +18,7 @@ from google.protobuf.json_format import MessageToDict
 from specdec import __version__
 from specdec.draftspec import SYNTAX as DRAFT_SYNTAX
 from specdec.errors import SpecdecError
+from specdec.orchestrator.k_control import CONTROLLERS
 from specdec.v1 import orchestrator_pb2
 
 log = logging.getLogger("specdec")
@@ -46,6 +47,16 @@ def _add_listen_flags(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to bind (env SPECDEC_HOST)")
 
 
+def _add_metrics_flag(p: argparse.ArgumentParser, what: str) -> None:
+    port = _env("METRICS_PORT")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(port) if port else None,
+        help=f"serve Prometheus metrics on this port{what} (0: a free one; env SPECDEC_METRICS_PORT)",
+    )
+
+
 def _add_http_flag(p: argparse.ArgumentParser) -> None:
     http = _env("HTTP_PORT")
     p.add_argument(
@@ -71,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="HF id or path; default SmolLM2-135M-Instruct (env SPECDEC_TARGET)",
     )
     _add_model_flags(verifier)
+    _add_metrics_flag(verifier, "")
 
     draft = serve.add_parser("draft", help="draft models and n-gram lookup")
     _add_listen_flags(draft, 50052)
@@ -81,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="model:ID_OR_PATH to load at start-up; repeatable (env SPECDEC_PRELOAD, comma-separated)",
     )
     _add_model_flags(draft)
+    _add_metrics_flag(draft, "")
 
     orch = serve.add_parser("orchestrator", help="the public API")
     _add_listen_flags(orch, 50050)
@@ -88,11 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     orch.add_argument("--draft-addr", default=_env("DRAFT_ADDR"), help="HOST:PORT (env SPECDEC_DRAFT_ADDR)")
     orch.add_argument("--default-draft", default=_env("DEFAULT_DRAFT", "ngram"), help=DRAFT_SYNTAX)
     orch.add_argument("--default-k", type=int, default=int(_env("DEFAULT_K", 4)))
+    orch.add_argument("--default-k-controller", default=_env("DEFAULT_K_CONTROLLER", "cost"), choices=CONTROLLERS)
     _add_http_flag(orch)
+    _add_metrics_flag(orch, "")
 
     everything = serve.add_parser("all", help="verifier, draft and orchestrator in one process")
     _add_listen_flags(everything, 50050)
     _add_http_flag(everything)
+    _add_metrics_flag(everything, " (the orchestrator's; the verifier's on the next, the draft's on the one after)")
     everything.add_argument("--target", default=_env("TARGET", ""), help="HF id or path (env SPECDEC_TARGET)")
     _add_model_flags(everything)
 
@@ -109,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--draft", default="ngram", help=f"{DRAFT_SYNTAX} (none = target-only baseline)")
     gen.add_argument("--k", type=int, default=4, help="draft tokens per step (the starting K when adaptive)")
     gen.add_argument(
-        "--k-controller", default="fixed", choices=["fixed", "heuristic", "confidence", "cost"], help="how K adapts"
+        "--k-controller",
+        default="",
+        choices=["", *CONTROLLERS],
+        help="how K adapts: cost (the server's default: K per step from measured acceptance and step times, "
+        "0 when drafting does not pay) | fixed | heuristic (HF's rule) | confidence (llama.cpp's rule)",
     )
     gen.add_argument("--k-max", type=int, default=8, help="the most draft tokens per step when adaptive")
     gen.add_argument(
@@ -175,24 +195,43 @@ async def _serve(args: argparse.Namespace) -> None:
         from specdec.orchestrator.embedded import EmbeddedStack
 
         stack = EmbeddedStack(
-            args.target, args.device, args.dtype, http_port=args.http_port, port=args.port, host=args.host
+            args.target,
+            args.device,
+            args.dtype,
+            http_port=args.http_port,
+            port=args.port,
+            host=args.host,
+            metrics_port=args.metrics_port,
         )
         async with stack:
             _announce(args, stack.servers[-1])
+            for name, server in zip(("verifier", "draft"), stack.servers, strict=False):
+                if server.metrics is not None:
+                    print(f"specdec {name} metrics on http://127.0.0.1:{server.metrics_port}/metrics", flush=True)
             await _wait_for_signal()
         return
     if args.service == "verifier":
         lm = await asyncio.to_thread(load_model, args.target, args.device, args.dtype)
-        running = await serve_verifier(lm, args.port, args.host)
+        running = await serve_verifier(lm, args.port, args.host, metrics_port=args.metrics_port)
     elif args.service == "draft":
         preload = [p.removeprefix("model:") for p in args.preload]
-        running = await serve_draft(DraftCore(args.device, args.dtype), args.port, args.host, preload)
+        running = await serve_draft(
+            DraftCore(args.device, args.dtype), args.port, args.host, preload, metrics_port=args.metrics_port
+        )
     else:
         if not args.verifier_addr:
             raise SystemExit("serve orchestrator needs --verifier-addr (or SPECDEC_VERIFIER_ADDR)")
-        limits = Limits(default_draft=args.default_draft, default_k=args.default_k)
+        limits = Limits(
+            default_draft=args.default_draft, default_k=args.default_k, default_k_controller=args.default_k_controller
+        )
         running = await serve_orchestrator(
-            args.verifier_addr, args.draft_addr, args.port, args.host, limits, http_port=args.http_port
+            args.verifier_addr,
+            args.draft_addr,
+            args.port,
+            args.host,
+            limits,
+            http_port=args.http_port,
+            metrics_port=args.metrics_port,
         )
     _announce(args, running)
     await _wait_for_signal()
@@ -205,6 +244,9 @@ def _announce(args: argparse.Namespace, running: Any) -> None:
     http = getattr(running.servicer, "http", None)
     if http is not None:
         print(f"specdec {args.service} OpenAI-compatible HTTP on http://{args.host}:{http.port}/v1", flush=True)
+    if running.metrics is not None:
+        name = "orchestrator" if args.service == "all" else args.service
+        print(f"specdec {name} metrics on http://{args.host}:{running.metrics_port}/metrics", flush=True)
 
 
 async def _wait_for_signal() -> None:

@@ -18,11 +18,13 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from specdec import service
-from specdec.draftspec import parse_draft
+from specdec.draftspec import DraftSpec, parse_draft
 from specdec.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from specdec.modeling import canonical_name, chat_prompt_ids, is_default_model
+from specdec.orchestrator.cost_model import CostPriors
 from specdec.orchestrator.k_control import make_controller
 from specdec.orchestrator.loop import Delta, LoopStats, OnDelta, SampleResult, SampleSpec, run_sample
+from specdec.orchestrator.metrics import OrchestratorMetrics
 from specdec.orchestrator.streams import DraftStream, VerifierStream
 from specdec.policies import resolve_policy, resolve_policy_params
 from specdec.sampling import SamplingConfig, derive_seed
@@ -36,7 +38,7 @@ class Limits:
     default_draft: str = "ngram"
     default_k: int = 4
     default_k_max: int = 8
-    default_k_controller: str = "fixed"
+    default_k_controller: str = "cost"
     k_max: int = 32
     default_max_new_tokens: int = 128
     max_new_tokens: int = 4096
@@ -118,6 +120,8 @@ class OrchestratorCore:
         self._draft = draft_pb2_grpc.DraftStub(self._draft_channel) if self._draft_channel else None
         self._target: TargetInfo | None = None
         self._target_lock = asyncio.Lock()
+        self._cost_priors: dict[tuple[object, ...], CostPriors] = {}  # per draft, policy and sampling
+        self.metrics = OrchestratorMetrics()
         if draft_address is None:  # without a draft service the only possible default is target-only
             self.limits.default_draft = "none"
         parse_draft(self.limits.default_draft)
@@ -147,6 +151,18 @@ class OrchestratorCore:
         self._plan(request, await self.target())
 
     async def generate(self, request: GenerationRequest, on_delta: OnDelta | None = None) -> GenerationResult:
+        self.metrics.live_requests.inc()
+        try:
+            result = await self._generate(request, on_delta)
+        except BaseException as exc:
+            self.metrics.record_error(exc)
+            raise
+        finally:
+            self.metrics.live_requests.dec()
+        self.metrics.record(result.samples, result.draft, result.policy, result.started_at)
+        return result
+
+    async def _generate(self, request: GenerationRequest, on_delta: OnDelta | None) -> GenerationResult:
         start = time.perf_counter()
         target = await self.target()
         specs, seed = self._plan(request, target)
@@ -234,7 +250,8 @@ class OrchestratorCore:
         k_max = limits.default_k_max if request.k_max is None else request.k_max
         if not 1 <= k_max <= limits.k_max:
             raise OutOfRange(f"k_max must be in [1, {limits.k_max}], got {k_max}")
-        controller = request.k_controller or limits.default_k_controller
+        base = SamplingConfig.from_wire(request.temperature, request.top_k, request.top_p, 0)
+        controller = request.k_controller or self._default_controller(draft, base, request.seed)
         make_controller(controller, k, k_max)  # validates the name
         if controller != "fixed" and k > k_max:
             raise OutOfRange(f"k (the starting K) must be <= k_max ({k_max}), got {k}")
@@ -244,7 +261,6 @@ class OrchestratorCore:
         if draft.kind == "none":
             k = 0
         seed = request.seed if request.seed is not None else secrets.randbits(63)
-        base = SamplingConfig.from_wire(request.temperature, request.top_k, request.top_p, 0)
         policy = resolve_policy(request.policy, base)
         policy_params = resolve_policy_params(request.policy_params)
         specs = [
@@ -268,10 +284,19 @@ class OrchestratorCore:
                 target_name=target.name,
                 target_fingerprint=target.fingerprint,
                 target_vocab_size=target.vocab_size,
+                cost_priors=self._cost_priors.setdefault((draft.name, policy, base), CostPriors()),
             )
             for i in range(num_samples)
         ]
         return specs, seed
+
+    def _default_controller(self, draft: DraftSpec, sampling: SamplingConfig, seed: int | None) -> str:
+        """The server's default, except where it would make a seeded completion vary: a model draft that samples
+        sends q, so what is committed depends on where blocks start, and `cost` places them by measured times.
+        (Prompt lookup's one-hot q is verified position by position: seeded output never depends on K.)"""
+        if seed is not None and draft.kind == "model" and not sampling.greedy:
+            return "fixed"
+        return self.limits.default_k_controller
 
     @staticmethod
     def _prompt_ids(request: GenerationRequest, target: TargetInfo) -> list[int]:

@@ -31,6 +31,7 @@ class EmbeddedStack:
     http_port: int | None = None  # also serve the OpenAI-compatible HTTP API (0: a free port)
     port: int = 0  # the public gRPC API's port (the verifier and draft always take free loopback ports)
     host: str = "127.0.0.1"  # where the public APIs listen
+    metrics_port: int | None = None  # Prometheus: orchestrator on it, verifier +1, draft +2 (0: free ports)
     servers: list[service.RunningServer] = field(default_factory=list)
 
     @property
@@ -54,12 +55,17 @@ class EmbeddedStack:
             raise
         return self
 
+    def _metrics_port(self, offset: int) -> int | None:
+        if self.metrics_port is None:
+            return None
+        return self.metrics_port + offset if self.metrics_port else 0
+
     async def _start(self, lm: LoadedModel) -> None:
-        verifier = await serve_verifier(lm)
+        verifier = await serve_verifier(lm, host="127.0.0.1", metrics_port=self._metrics_port(1))
         self.servers.append(verifier)
         draft_core = DraftCore(self.device, self.dtype)
         draft_core.register(lm)  # a model draft naming the target reuses its weights
-        draft = await serve_draft(draft_core, preload=self.preload)
+        draft = await serve_draft(draft_core, preload=self.preload, metrics_port=self._metrics_port(2))
         self.servers.append(draft)
         orchestrator = await serve_orchestrator(
             f"127.0.0.1:{verifier.port}",
@@ -68,6 +74,7 @@ class EmbeddedStack:
             self.host,
             limits=self.limits,
             http_port=self.http_port,
+            metrics_port=self._metrics_port(0),
         )
         self.servers.append(orchestrator)
 

@@ -12,12 +12,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from specdec.draftspec import DraftSpec
-from specdec.orchestrator.k_control import StepObservation, make_controller
+from specdec.orchestrator.cost_model import CostPriors
+from specdec.orchestrator.k_control import KController, StepObservation, make_controller
 from specdec.orchestrator.streams import DraftBlock, DraftStream, VerifierStream
 from specdec.orchestrator.text import OutputText
 from specdec.sampling import SamplingConfig
 from specdec.v1 import common_pb2, draft_pb2, verifier_pb2
 from specdec.wire import policy_params_to_pb, sampling_to_pb
+
+
+def _add_counts(counts: list[int], positions: int) -> None:
+    """counts[i] += 1 for i < positions, growing the list as needed."""
+    _pad(counts, positions)
+    for i in range(positions):
+        counts[i] += 1
+
+
+def _pad(counts: list[int], length: int) -> None:
+    counts.extend([0] * (length - len(counts)))
+
+
+def _add_elementwise(counts: list[int], other: list[int]) -> None:
+    _pad(counts, len(other))
+    for i, n in enumerate(other):
+        counts[i] += n
 
 
 @dataclass
@@ -32,17 +50,25 @@ class LoopStats:
     prefill_ms: float = 0.0
     first_token_at: float | None = None  # perf_counter() of the first committed token
 
-    k_history: list[int] = field(default_factory=list)  # K asked for at each step
+    k_history: list[int] = field(default_factory=list)  # draft tokens verified at each step (the K used)
+    draft_calls: int = 0  # steps that called the draft service
+    drafted_per_position: list[int] = field(default_factory=list)  # [i]: steps that verified a draft at i
+    accepted_per_position: list[int] = field(default_factory=list)  # [i]: steps that accepted the draft at i
+    deliveries: list[float] = field(default_factory=list)  # perf_counter() of each step that emitted tokens
 
     def record(self, step: StepObservation, committed: int) -> None:
         self.steps += 1
         self.draft_tokens += step.drafted
         self.accepted_tokens += step.accepted
+        self.draft_calls += step.k > 0
+        _add_counts(self.drafted_per_position, step.drafted)
+        _add_counts(self.accepted_per_position, step.accepted)
+        _pad(self.accepted_per_position, len(self.drafted_per_position))
         self.committed_tokens += committed
         self.draft_ms += step.draft_ms
         self.verify_ms += step.verify_ms
         self.network_ms += step.draft_network_ms + step.verify_network_ms
-        self.k_history.append(step.k)
+        self.k_history.append(step.drafted)
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
 
@@ -55,12 +81,28 @@ class LoopStats:
         """Tokens committed per step, the corrected/bonus token included."""
         return self.committed_tokens / self.steps if self.steps else 0.0
 
+    @property
+    def acceptance_per_position(self) -> list[float]:
+        """[i]: the share of steps verifying a draft at position i that accepted it."""
+        return [
+            a / d if d else 0.0 for a, d in zip(self.accepted_per_position, self.drafted_per_position, strict=False)
+        ]
+
+    def k_histogram(self) -> list[int]:
+        """[K]: steps that verified K draft tokens."""
+        counts = [0] * (max(self.k_history, default=0) + 1)
+        for k in self.k_history:
+            counts[k] += 1
+        return counts
+
     def merge(self, other: LoopStats) -> None:
-        for name in ("steps", "draft_tokens", "accepted_tokens", "committed_tokens"):
+        for name in ("steps", "draft_tokens", "accepted_tokens", "committed_tokens", "draft_calls"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("draft_ms", "verify_ms", "network_ms", "prefill_ms"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.k_history.extend(other.k_history)
+        _add_elementwise(self.drafted_per_position, other.drafted_per_position)
+        _add_elementwise(self.accepted_per_position, other.accepted_per_position)
         if other.first_token_at is not None and (
             self.first_token_at is None or other.first_token_at < self.first_token_at
         ):
@@ -90,6 +132,7 @@ class SampleSpec:
     target_name: str = ""
     target_fingerprint: str = ""
     target_vocab_size: int = 0
+    cost_priors: CostPriors | None = None  # what earlier sessions taught the `cost` controller
 
 
 @dataclass
@@ -175,25 +218,32 @@ async def open_sessions(spec: SampleSpec, verifier: VerifierStream, draft: Draft
 
 async def speculative_step(
     spec: SampleSpec, position: int, step: int, k: int, verifier: VerifierStream, draft: DraftStream | None,
-    stats: LoopStats,
+    stats: LoopStats, controller: KController,
 ) -> tuple[verifier_pb2.Verdict, StepObservation]:  # fmt: skip
-    """Propose up to k tokens from committed length `position`, verify them in one pass, record the timings."""
+    """Propose up to k tokens from committed length `position`, let the controller trim the proposal,
+    verify the rest in one pass, record the timings."""
     block = DraftBlock()
     draft_network_ms = 0.0
     if draft is not None and k > 0:
         block = await draft.propose(position, step, k, spec.draft_min_confidence)
         draft_network_ms = max(0.0, block.round_trip_ms - block.draft_ms)
-    timed = await verifier.verify(position, step, block.tokens, block.probs)
+    proposed = len(block.tokens)
+    verified = block.truncated(controller.trim(block.tokens, block.match_length, position))
+    timed = await verifier.verify(position, step, verified.tokens, verified.probs)
     verdict = timed.verdict
     compute_ms = verdict.forward_ms + verdict.accept_ms
     observation = StepObservation(
-        k=k,
-        drafted=len(block.tokens),
+        k=k if draft is not None else 0,
+        proposed=proposed,
+        drafted=len(verified.tokens),
         accepted=verdict.num_accepted,
         draft_ms=block.draft_ms,
         verify_ms=compute_ms,
         draft_network_ms=draft_network_ms,
         verify_network_ms=max(0.0, timed.round_trip_ms - compute_ms),
+        match_length=block.match_length,
+        position=position,
+        committed=tuple(verdict.token_ids),
     )
     stats.record(observation, len(verdict.token_ids))
     return verdict, observation
@@ -212,11 +262,13 @@ async def run_sample(
     text = OutputText(tokenizer, spec.stop)
     position = len(spec.prompt_token_ids)  # committed length
     logprobs: list[float] = []
-    controller = make_controller(spec.k_controller, spec.k, spec.k_max)
+    controller = make_controller(spec.k_controller, spec.k, spec.k_max, spec.cost_priors)
     finish = ""
     while not finish:
         k = block_size(spec, controller.next_k(), len(text.tokens), position)
-        verdict, observation = await speculative_step(spec, position, stats.steps, k, verifier, draft, stats)
+        verdict, observation = await speculative_step(
+            spec, position, stats.steps, k, verifier, draft, stats, controller
+        )
         controller.observe(observation)
         committed = list(verdict.token_ids)  # accepted drafts + the target's token, positions position ..
 
@@ -230,6 +282,8 @@ async def run_sample(
         kept = text.tokens[before:]  # a stop string may have trimmed the step's tokens
         step_logprobs = list(verdict.logprobs)[: len(kept)]
         logprobs.extend(step_logprobs)
+        if kept:
+            stats.deliveries.append(time.perf_counter())
         if on_delta is not None and (kept or finish):
             await on_delta(Delta(spec.index, kept, delta_text, step_logprobs, finish))
         if draft is not None and not finish:

@@ -59,6 +59,12 @@ def result_to_pb(result: GenerationResult) -> orchestrator_pb2.GenerateResponse:
         network_ms=s.network_ms,
         prefill_ms=s.prefill_ms,
         time_to_first_token_ms=result.time_to_first_token_ms,
+        draft_calls=s.draft_calls,
+        drafted_per_position=s.drafted_per_position,
+        accepted_per_position=s.accepted_per_position,
+        acceptance_per_position=s.acceptance_per_position,
+        k_histogram=s.k_histogram(),
+        mean_k=s.draft_tokens / s.steps if s.steps else 0.0,
     )
     return orchestrator_pb2.GenerateResponse(
         completions=[
@@ -96,6 +102,7 @@ def delta_to_pb(delta: Delta) -> orchestrator_pb2.GenerateStreamResponse:
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
     def __init__(self, core: OrchestratorCore) -> None:
         self.core = core
+        self.metrics = core.metrics
         self.http: HttpServer | None = None  # the OpenAI-compatible API on the same core, when enabled
 
     async def aclose(self) -> None:
@@ -132,9 +139,11 @@ async def serve(
     host: str = "127.0.0.1",
     limits: Limits | None = None,
     http_port: int | None = None,
+    metrics_port: int | None = None,
 ) -> service.RunningServer:
     """Start the public gRPC API (`port=0` binds a free port, see `.port`) and, with `http_port`, the
-    OpenAI-compatible HTTP API on the same core (see `.servicer.http.port`)."""
+    OpenAI-compatible HTTP API on the same core (see `.servicer.http.port`); with `metrics_port`, Prometheus
+    metrics (see `.metrics_port`)."""
     servicer = OrchestratorServicer(OrchestratorCore(verifier_address, draft_address, limits))
     if http_port is not None:
         servicer.http = await serve_http(servicer.core, http_port, host)
@@ -144,4 +153,5 @@ async def serve(
         servicer,
         port,
         host,
+        metrics_port,
     )

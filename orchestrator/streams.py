@@ -95,6 +95,11 @@ class DraftBlock:
     probs: list[common_pb2.TokenDistribution] = field(default_factory=list)
     draft_ms: float = 0.0
     round_trip_ms: float = 0.0
+    match_length: int = 0  # prompt lookup: length of the matched suffix (see DraftChunk.match_length)
+
+    def truncated(self, keep: int) -> DraftBlock:
+        """The first `keep` tokens (and their q) of this block."""
+        return DraftBlock(self.tokens[:keep], self.probs[:keep], self.draft_ms, self.round_trip_ms, self.match_length)
 
 
 class DraftStream(_SessionStream):
@@ -117,6 +122,7 @@ class DraftStream(_SessionStream):
                 raise Unavailable(f"the draft service sent a chunk for position {chunk.position}, step {chunk.step}")
             block.tokens.extend(chunk.token_ids)
             block.probs.extend(chunk.probs)
+            block.match_length = max(block.match_length, chunk.match_length)
             if chunk.last:
                 block.draft_ms = chunk.draft_ms
                 break

@@ -74,16 +74,29 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
     return gen
 
 
+def reseed_for_position(gen: torch.Generator, seed: int, position: int, stream: str) -> torch.Generator:
+    """Reseed `gen` for one sequence position: the draws for position n depend on (seed, n, stream) only, never
+    on how the positions were grouped into blocks, so a seeded completion does not depend on K."""
+    gen.manual_seed(derive_seed(seed, position, stream))
+    return gen
+
+
 def draw_acceptance_randoms(
-    gen: torch.Generator, k: int, vocab_size: int, device: torch.device
+    gen: torch.Generator, seed: int, position: int, k: int, vocab_size: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The random inputs of one rejection-sampling step, drawn in a fixed order from the session's generator.
+    """The random inputs of one rejection-sampling step for positions position .. position+K, each row drawn
+    from the generator reseeded for its position.
 
     Returns uniforms[K] ~ U[0, 1) for the accept tests and noise[K+1, V] ~ Exp(1) for the exponential race
     that samples recovered and bonus tokens (argmax(prob / noise) is a sample from prob).
     """
-    uniforms = torch.rand(k, generator=gen, device=device)  # [K]
-    noise = torch.empty(k + 1, vocab_size, device=device).exponential_(generator=gen)  # [K+1, V]
+    uniforms = torch.empty(k, device=device)  # [K]
+    noise = torch.empty(k + 1, vocab_size, device=device)  # [K+1, V]
+    for i in range(k + 1):
+        reseed_for_position(gen, seed, position + i, "accept")
+        noise[i].exponential_(generator=gen)
+        if i < k:
+            uniforms[i : i + 1].uniform_(generator=gen)
     return uniforms, noise.clamp_min_(torch.finfo(noise.dtype).tiny)
 
 

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from specdec.errors import SpecdecError
+from specdec.metrics import MetricsEndpoint, serve_metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,12 +63,20 @@ class RunningServer:
     health: health.aio.HealthServicer
     service_names: list[str]
     servicer: Any
+    metrics: MetricsEndpoint | None = None  # the Prometheus `/metrics` endpoint, when enabled
+
+    @property
+    def metrics_port(self) -> int:
+        assert self.metrics is not None, "start the server with metrics_port to serve metrics"
+        return self.metrics.port
 
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful stop: report NOT_SERVING, let in-flight calls finish within `grace`, then stop."""
         await set_serving(self.health, self.service_names, False)
         await self.server.stop(grace)
         await self.servicer.aclose()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
 
 
 async def start(
@@ -76,15 +85,23 @@ async def start(
     servicer: Any,
     port: int,
     host: str,
+    metrics_port: int | None = None,
 ) -> RunningServer:
-    """Create, register, bind (port 0 = a free port), start and mark SERVING."""
+    """Create, register, bind (port 0 = a free port), start and mark SERVING; with `metrics_port`, also
+    serve `servicer.metrics.registry` for Prometheus (0 = a free port)."""
     server = create_server()
     register(server)
     health_servicer = add_health_and_reflection(server, service_names)
     bound = bind(server, host, port)
-    await server.start()
+    metrics = serve_metrics(servicer.metrics.registry, metrics_port, host) if metrics_port is not None else None
+    try:
+        await server.start()
+    except BaseException:
+        if metrics is not None:
+            metrics.stop()
+        raise
     await set_serving(health_servicer, service_names, True)
-    return RunningServer(server, bound, health_servicer, service_names, servicer)
+    return RunningServer(server, bound, health_servicer, service_names, servicer, metrics)
 
 
 def bind(server: grpc.aio.Server, host: str, port: int) -> int:

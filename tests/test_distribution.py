@@ -59,17 +59,19 @@ async def v16_stack(small_vocab_target: Path):
 
 
 @pytest.mark.parametrize(
-    ("draft_kind", "encoding", "sampling"),
+    ("draft_kind", "encoding", "sampling", "controller"),
     [
-        ("model", common_pb2.PROBS_ENCODING_DENSE, SAMPLING),
-        ("model", common_pb2.PROBS_ENCODING_SPARSE, SamplingConfig(temperature=0.7, top_k=6)),
-        ("model", common_pb2.PROBS_ENCODING_UNSPECIFIED, SamplingConfig(temperature=1.3, top_p=0.95)),
-        ("ngram", common_pb2.PROBS_ENCODING_UNSPECIFIED, SAMPLING),
+        ("model", common_pb2.PROBS_ENCODING_DENSE, SAMPLING, "fixed"),
+        ("model", common_pb2.PROBS_ENCODING_SPARSE, SamplingConfig(temperature=0.7, top_k=6), "fixed"),
+        ("model", common_pb2.PROBS_ENCODING_UNSPECIFIED, SamplingConfig(temperature=1.3, top_p=0.95), "fixed"),
+        ("ngram", common_pb2.PROBS_ENCODING_UNSPECIFIED, SAMPLING, "fixed"),
+        ("model", common_pb2.PROBS_ENCODING_DENSE, SAMPLING, "heuristic"),  # K changes every step
+        ("ngram", common_pb2.PROBS_ENCODING_UNSPECIFIED, SAMPLING, "cost"),  # K chosen per proposal, 0 included
     ],
-    ids=["dense-q", "sparse-q-top-k", "auto-q-top-p", "one-hot-q"],
+    ids=["dense-q", "sparse-q-top-k", "auto-q-top-p", "one-hot-q", "dense-q-heuristic-k", "one-hot-q-cost-k"],
 )
 async def test_sampled_tokens_follow_the_target(
-    v16_stack, small_vocab_target, small_vocab_draft, draft_kind, encoding, sampling
+    v16_stack, small_vocab_target, small_vocab_draft, draft_kind, encoding, sampling, controller
 ):
     target = load(str(small_vocab_target))
     draft_lm = load(str(small_vocab_draft))
@@ -81,6 +83,7 @@ async def test_sampled_tokens_follow_the_target(
     draft = f"model:{small_vocab_draft}" if draft_kind == "model" else "ngram"
     counts = torch.zeros(NEW_TOKENS, target.vocab_size + 1)  # last column: generation had ended
     drafted = accepted = 0
+    used_k: set[int] = set()
     async with SpecdecClient(v16_stack.address) as client:
         for call in range(CALLS):
             response = await client.generate(
@@ -93,15 +96,19 @@ async def test_sampled_tokens_follow_the_target(
                 num_samples=SAMPLES_PER_CALL,
                 draft=draft,
                 k=K,
+                k_controller=controller,
                 probs_encoding=encoding,
             )
             drafted += response.stats.draft_tokens
             accepted += response.stats.accepted_tokens
+            used_k.update(k for k, steps in enumerate(response.stats.k_histogram) if steps)
             for completion in response.completions:
                 tokens = list(completion.token_ids) + [target.vocab_size] * NEW_TOKENS
                 for position, token in enumerate(tokens[:NEW_TOKENS]):
                     counts[position, token] += 1
     assert drafted > 0 and 0 < accepted < drafted  # both accept and reject paths were exercised
+    if controller != "fixed":
+        assert len(used_k) >= 2, f"the controller should have changed K; used {used_k}"
     samples = CALLS * SAMPLES_PER_CALL
     for position in range(NEW_TOKENS):
         empirical = counts[position] / counts[position].sum()

@@ -24,6 +24,19 @@ async def test_seeded_sampling_repeats_exactly(tiny_stack, tiny_target: Path, ti
             assert c.completions[0].token_ids != a.completions[0].token_ids
 
 
+async def test_a_seeded_completion_does_not_depend_on_the_prompt_lookup_draft(tiny_stack) -> None:
+    """One-hot drafts are verified position by position against the target's own seeded draw, so drafting
+    (any K, any controller) commits exactly what target-only sampling with that seed commits."""
+    async with SpecdecClient(tiny_stack.address) as client:
+        kwargs = dict(max_new_tokens=40, temperature=1.0, top_k=20, seed=5)
+        alone = await client.generate(PROMPT, draft="none", **kwargs)
+        for k, controller in ((1, "fixed"), (4, "fixed"), (4, "heuristic"), (4, "cost")):
+            drafted = await client.generate(PROMPT, draft="ngram", k=k, k_controller=controller, **kwargs)
+            assert drafted.completions[0].token_ids == alone.completions[0].token_ids, (k, controller)
+            if controller == "fixed":
+                assert drafted.stats.draft_tokens > 0
+
+
 async def test_sample_i_depends_only_on_seed_and_i(tiny_stack) -> None:
     async with SpecdecClient(tiny_stack.address) as client:
         kwargs = dict(max_new_tokens=16, temperature=1.0, seed=7)

@@ -20,7 +20,7 @@ async def test_draft_equal_to_target_accepts_everything(tiny_stack, tiny_target:
         for prompt in PROMPTS:
             ids = lm.tokenizer.encode(prompt)
             response = await client.generate(
-                prompt_token_ids=ids, max_new_tokens=MAX_NEW, draft=f"model:{tiny_target}", k=k
+                prompt_token_ids=ids, max_new_tokens=MAX_NEW, draft=f"model:{tiny_target}", k=k, k_controller="fixed"
             )
             completion = response.completions[0]
             assert_greedy_identical(lm, ids, list(completion.token_ids), hf_greedy(lm, ids, MAX_NEW))
@@ -37,7 +37,7 @@ async def test_unrelated_draft_accepts_almost_nothing(tiny_stack, tiny_target: P
         for prompt in PROMPTS:
             ids = lm.tokenizer.encode(prompt)
             response = await client.generate(
-                prompt_token_ids=ids, max_new_tokens=MAX_NEW, draft=f"model:{tiny_unrelated}", k=k
+                prompt_token_ids=ids, max_new_tokens=MAX_NEW, draft=f"model:{tiny_unrelated}", k=k, k_controller="fixed"
             )
             assert_greedy_identical(lm, ids, list(response.completions[0].token_ids), hf_greedy(lm, ids, MAX_NEW))
             assert response.stats.draft_tokens > 0

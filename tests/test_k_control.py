@@ -8,64 +8,136 @@ from pathlib import Path
 import pytest
 
 from specdec.orchestrator.client import SpecdecClient
-from specdec.orchestrator.k_control import CostModelK, HeuristicK, StepObservation, expected_tokens, make_controller
+from specdec.orchestrator.cost_model import CostModelK, CostPriors, expected_tokens
+from specdec.orchestrator.k_control import HeuristicK, StepObservation, make_controller
 from tests.helpers import assert_greedy_identical, hf_greedy, load
 
 
 def step(k: int, drafted: int, accepted: int, verify_ms: float, draft_ms_per_token: float = 1.0) -> StepObservation:
-    return StepObservation(k, drafted, accepted, drafted * draft_ms_per_token, verify_ms, 0.5, 0.5)
+    return StepObservation(k, drafted, drafted, accepted, drafted * draft_ms_per_token, verify_ms, 0.5, 0.5)
 
 
-def run_trace(controller: CostModelK, accept_prob: float, steps: int, verify_base: float = 80.0) -> list[int]:
-    """Feed the controller a session whose drafts are accepted position by position with accept_prob
-    (seeded), a verify costing base * (1 + 0.05 K) and a 1 ms/token draft."""
-    rng = random.Random(0)
-    ks = []
-    for _ in range(steps):
-        k = controller.next_k()
-        ks.append(k)
-        accepted = 0
-        while accepted < k and rng.random() < accept_prob:
-            accepted += 1
-        controller.observe(step(k, k, accepted, verify_base * (1 + 0.05 * k)))
-    return ks
+def verify_cost(k: int) -> float:
+    """This CPU's shape: a block of 2+ tokens costs ~1.6x a single-token step, then grows slowly."""
+    return 72.0 if k == 0 else 115.0 + 3.0 * k
+
+
+class Session:
+    """A synthetic greedy session: the target's output is a fixed random sequence; a proposal agrees with it
+    position by position with probability `agree` (seeded), then goes wrong. Feeds a controller the same
+    observations the loop would."""
+
+    def __init__(
+        self, controller: CostModelK | HeuristicK, seed: int = 0, draft_ms_per_token: float = 0.01,
+        draft_network_ms: float = 0.5,
+    ) -> None:  # fmt: skip
+        self.controller = controller
+        self.rng = random.Random(seed)
+        self.truth = [self.rng.randrange(1000) for _ in range(5000)]
+        self.position = 0
+        self.draft_ms_per_token = draft_ms_per_token
+        self.draft_network_ms = draft_network_ms
+        self.asked: list[int] = []
+        self.verified: list[int] = []
+
+    def propose(self, k: int, agree: float) -> list[int]:
+        tokens = []
+        for i in range(k):
+            right = self.truth[self.position + i]
+            tokens.append(right if self.rng.random() < agree else right + 1000)
+            if tokens[-1] != right:
+                break
+        return tokens + [self.rng.randrange(1000) for _ in range(k - len(tokens))]
+
+    def step(self, agree: float, match_length: int = 0) -> None:
+        c = self.controller
+        k = c.next_k()
+        proposal = self.propose(k, agree) if k else []
+        keep = c.trim(proposal, match_length, self.position)
+        drafted = proposal[:keep]
+        accepted = next((i for i, t in enumerate(drafted) if t != self.truth[self.position + i]), len(drafted))
+        committed = tuple(self.truth[self.position : self.position + accepted + 1])
+        c.observe(StepObservation(
+            k=k, proposed=len(proposal), drafted=keep, accepted=accepted,
+            draft_ms=self.draft_ms_per_token * len(proposal), verify_ms=verify_cost(keep),
+            draft_network_ms=self.draft_network_ms if k else 0.0, verify_network_ms=1.0, match_length=match_length,
+            position=self.position, committed=committed,
+        ))  # fmt: skip
+        self.asked.append(k)
+        self.verified.append(keep)
+        self.position += len(committed)
+
+    def run(self, steps: int, agree: float, match_length: int = 0) -> Session:
+        for _ in range(steps):
+            self.step(agree, match_length)
+        return self
 
 
 def test_cost_controller_turns_speculation_off_when_nothing_is_accepted() -> None:
-    ks = run_trace(CostModelK(k_start=4, k_max=8, probe_every=10), accept_prob=0.0, steps=40)
-    assert ks[0] == 4  # warm-up at the starting K
-    assert ks[5:9] == [0, 0, 0, 0]  # then target-only steps
-    assert any(k > 0 for k in ks[15:]), "it re-probes now and then"
-    assert sum(k == 0 for k in ks) > 30
+    s = Session(CostModelK(k_start=4, k_max=8, probe_every=10), draft_network_ms=10.0).run(60, agree=0.0)
+    assert s.asked[0] == 4 and s.verified[0] == 4  # warm-up at the starting K
+    assert s.asked[1] == 0  # then one target-only step to measure it
+    assert sum(s.verified[5:]) == 0, "nothing is verified once acceptance is known to be ~0"
+    assert s.asked[-30:].count(0) >= 25, "a draft 10 ms away is hardly called any more"
+    assert any(k > 0 for k in s.asked[-30:]), "but it re-probes now and then"
+    cheap = Session(CostModelK(k_start=4, k_max=8, probe_every=10), draft_network_ms=0.2).run(60, agree=0.0)
+    assert sum(cheap.verified[5:]) == 0
+    assert cheap.asked[-30:].count(0) <= 15, "a call costing 0.3% of a step is made at least every other step"
 
 
 def test_cost_controller_grows_k_as_acceptance_rises() -> None:
-    low = run_trace(CostModelK(k_start=2, k_max=8), accept_prob=0.6, steps=60)[-20:]
-    high = run_trace(CostModelK(k_start=2, k_max=8), accept_prob=0.95, steps=60)[-20:]
-    assert sum(high) / 20 > sum(low) / 20 >= 1
-    assert max(high) == 8
-    # the model's choice at a known alpha is the argmax of the predicted rate
-    fitted = CostModelK(k_start=2, k_max=8, alpha=0.6, draft_ms_per_token=1.0, verify_base_ms=80.0,
-                        verify_ms_per_token=4.0, network_verify_ms=0.5, network_draft_ms=0.5)  # fmt: skip
-    assert fitted.next_k() == max(range(9), key=lambda k: expected_tokens(0.6, k) / (80.5 + 5 * k + (0.5 if k else 0)))
+    means = []
+    for agree in (0.3, 0.6, 0.8, 0.97):
+        s = Session(CostModelK(k_start=2, k_max=8)).run(80, agree=agree)
+        means.append(sum(s.verified[-40:]) / 40)
+    assert means[0] < 0.5, means  # at 30% a 1.6x-costly block never pays
+    assert means == sorted(means), means
+    assert means[-1] > 7, means
 
 
 def test_cost_controller_turns_speculation_back_on_after_a_probe() -> None:
-    controller = CostModelK(k_start=4, k_max=8, probe_every=5)
-    run_trace(controller, accept_prob=0.0, steps=20)
-    assert controller.next_k() in (0, 2)
-    late = run_trace(controller, accept_prob=0.95, steps=40)[-5:]
-    assert min(late) >= 4
+    s = Session(CostModelK(k_start=4, k_max=8, probe_every=5), draft_network_ms=10.0).run(40, agree=0.0)
+    assert sum(s.verified[-20:]) == 0
+    s.run(30, agree=1.0)
+    assert min(s.verified[-10:]) == 8, s.verified
+
+
+def test_cost_controller_trims_by_match_length() -> None:
+    """Prompt lookup: 1-token matches rarely agree, 4-token matches nearly always; the controller verifies
+    the second kind and not the first, even within one session."""
+    s = Session(CostModelK(k_start=4, k_max=8))
+    for _ in range(60):
+        s.step(agree=0.1, match_length=1)
+        s.step(agree=0.98, match_length=4)
+    assert sum(s.verified[-40::2]) == 0  # match length 1: target-only
+    assert sum(s.verified[-39::2]) / 20 > 6  # match length 4: long blocks
+
+
+def test_cost_controller_keeps_learning_from_proposals_it_did_not_verify() -> None:
+    s = Session(CostModelK(k_start=4, k_max=8)).run(30, agree=0.0, match_length=2)
+    assert sum(s.verified[-10:]) == 0
+    s.run(15, agree=1.0, match_length=2)  # the proposals turn good: learned without verifying them
+    assert s.verified[-1] == 8, s.verified
+
+
+def test_cost_controller_starts_from_what_earlier_sessions_learned() -> None:
+    priors = CostPriors()
+    Session(CostModelK(k_start=4, k_max=8, priors=priors)).run(60, agree=0.98, match_length=3)
+    fresh = Session(CostModelK(k_start=4, k_max=8, priors=priors), seed=1).run(3, agree=0.98, match_length=3)
+    assert fresh.asked[0] == 8 and fresh.verified[0] >= 6  # no warm-up: the shared timings and acceptance
 
 
 def test_cost_controller_accounts_for_an_expensive_draft() -> None:
-    cheap, dear = CostModelK(k_start=2, k_max=8), CostModelK(k_start=2, k_max=8)
-    for c, per_token in ((cheap, 1.0), (dear, 60.0)):
-        for _ in range(20):
-            k = c.next_k()
-            c.observe(step(k, k, int(0.7 * k), 80 * (1 + 0.05 * k), per_token))
-            c.observe(step(0, 0, 0, 80.0))
-    assert dear.next_k() < cheap.next_k()
+    cheap = Session(CostModelK(k_start=2, k_max=8), draft_ms_per_token=1.0).run(60, agree=0.7)
+    dear = Session(CostModelK(k_start=2, k_max=8), draft_ms_per_token=60.0).run(60, agree=0.7)
+    assert sum(dear.asked[-30:]) < sum(cheap.asked[-30:])
+
+
+def test_expected_tokens() -> None:
+    assert expected_tokens(0.5, 0.5, 0) == 1.0
+    assert expected_tokens(1.0, 1.0, 4) == 5.0
+    assert expected_tokens(0.5, 1.0, 4) == 3.0
+    assert abs(expected_tokens(0.6, 0.5, 3) - (1 + 0.6 * (1 + 0.5 + 0.25))) < 1e-12
 
 
 def test_heuristic_rule() -> None:

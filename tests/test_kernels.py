@@ -152,12 +152,18 @@ def test_rejection_sampling_preserves_the_target_distribution(one_hot: bool) -> 
     assert tv(emp, residual / residual.sum()) < 0.04
 
 
-def test_seeded_randoms_repeat_exactly() -> None:
-    a = draw_acceptance_randoms(make_generator(7, torch.device("cpu")), 4, 50, torch.device("cpu"))
-    b = draw_acceptance_randoms(make_generator(7, torch.device("cpu")), 4, 50, torch.device("cpu"))
-    c = draw_acceptance_randoms(make_generator(8, torch.device("cpu")), 4, 50, torch.device("cpu"))
+def test_seeded_randoms_repeat_exactly_and_depend_on_the_position_only() -> None:
+    cpu = torch.device("cpu")
+
+    def draw(seed: int, position: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return draw_acceptance_randoms(make_generator(0, cpu), seed, position, k, 50, cpu)
+
+    a, b, c = draw(7, 10, 4), draw(7, 10, 4), draw(8, 10, 4)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
+    # positions 12.. drawn as part of a block at 10 or a block at 12: the same numbers
+    later = draw(7, 12, 2)
+    assert torch.equal(a[0][2:], later[0]) and torch.equal(a[1][2:], later[1])
     p, q = far_tables(seed=3)
     t1, _ = simulate(p, q, one_hot=False, seed=5)
     t2, _ = simulate(p, q, one_hot=False, seed=5)

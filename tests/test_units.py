@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
-from specdec.draft_service.drafts import lookup_continuation
+from specdec.draft_service.drafts import NgramIndex
 from specdec.draftspec import parse_draft
 from specdec.errors import InvalidArgument
 from specdec.kvcache import common_prefix_length
@@ -14,13 +16,53 @@ from specdec.sampling import SamplingConfig, derive_seed, logits_to_probs
 from specdec.wire import DENSE, SPARSE, decode_distribution, encode_distribution
 
 
+def lookup(tokens: list[int], ngram_max: int, max_tokens: int) -> tuple[int, list[int]]:
+    index = NgramIndex(ngram_max)
+    index.sync(tokens)
+    return index.continuation(max_tokens)
+
+
+def brute_force_lookup(tokens: list[int], ngram_max: int, max_tokens: int) -> tuple[int, list[int]]:
+    """The definition: for n = ngram_max .. 1, the most recent earlier occurrence of the last n tokens."""
+    for n in range(min(ngram_max, len(tokens) - 1), 0, -1):
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start : start + n] == tokens[len(tokens) - n :]:
+                agree = n
+                while (
+                    agree < 64
+                    and start - (agree - n) - 1 >= 0
+                    and (tokens[start - (agree - n) - 1] == tokens[len(tokens) - agree - 1])
+                ):
+                    agree += 1
+                return agree, tokens[start + n : start + n + max_tokens]
+    return 0, []
+
+
 def test_ngram_lookup_prefers_the_longest_then_most_recent_match() -> None:
-    assert lookup_continuation([1, 2, 3, 9, 1, 2, 3, 8, 5, 2, 3], 3, 4) == [8, 5, 2, 3]  # "2 3" most recently -> 8
-    assert lookup_continuation([1, 2, 3, 4, 7, 7, 2, 3], 2, 3) == [4, 7, 7]
-    assert lookup_continuation([5, 6, 7], 3, 4) == []  # no earlier occurrence
-    assert lookup_continuation([5], 3, 4) == []
-    assert lookup_continuation([1, 2, 1, 2], 2, 0) == []
-    assert lookup_continuation([4, 4, 4], 1, 5) == [4]  # continuation stops at the sequence end
+    assert lookup([1, 2, 3, 9, 1, 2, 3, 8, 5, 2, 3], 3, 4) == (2, [8, 5, 2, 3])  # "2 3" most recently -> 8
+    assert lookup([1, 2, 3, 4, 7, 7, 2, 3], 2, 3) == (2, [4, 7, 7])
+    assert lookup([5, 6, 7], 3, 4) == (0, [])  # no earlier occurrence
+    assert lookup([5], 3, 4) == (0, [])
+    assert lookup([1, 2, 1, 2], 2, 0) == (0, [])
+    assert lookup([4, 4, 4], 1, 5) == (2, [4])  # continuation stops at the sequence end; "4 4" agrees
+    assert lookup([7, 1, 2, 3, 9, 7, 1, 2, 3], 2, 3) == (4, [9, 7, 1])  # "7 1 2 3" agrees beyond n = 2
+
+
+def test_ngram_index_follows_growth_and_rollback() -> None:
+    rng = random.Random(0)
+    index = NgramIndex(3)
+    tokens: list[int] = []
+    for _ in range(400):
+        if tokens and rng.random() < 0.3:
+            tokens = tokens[: rng.randrange(len(tokens))]  # roll back
+            if rng.random() < 0.5:
+                tokens.append(rng.randrange(4))  # and diverge
+        tokens = tokens + [rng.randrange(4) for _ in range(rng.randrange(1, 5))]
+        index.sync(tokens)
+        assert index.tokens == tokens
+        assert index.continuation(5) == brute_force_lookup(tokens, 3, 5)
+    index.sync([])
+    assert index.ends == {}
 
 
 def test_top_k_and_top_p_truncate_then_renormalise() -> None:

@@ -19,7 +19,6 @@ from specdec.modeling import LoadedModel
 from specdec.policies import LOSSY_POLICIES, resolve_policy, resolve_policy_params
 from specdec.sampling import (
     SamplingConfig,
-    derive_seed,
     draw_acceptance_randoms,
     logits_to_probs,
     make_generator,
@@ -68,7 +67,7 @@ class VerifierSession:
         self.policy_params = resolve_policy_params(options.policy_params)
         self.committed: list[int] = list(prompt)
         self.kv = CachedSequence(lm.model)
-        self.generator = make_generator(derive_seed(options.sampling.seed, 0, "verifier"), lm.device)
+        self.generator = make_generator(options.sampling.seed, lm.device)  # reseeded for each position
         self.prefill_ms = 0.0
 
     @property
@@ -136,17 +135,22 @@ class VerifierSession:
         elif self.policy in LOSSY_POLICIES:  # LOSSY: p at temperature 0 is the raw softmax
             sampling = self.options.sampling
             p = torch.softmax(block_logits.float(), -1) if sampling.greedy else logits_to_probs(block_logits, sampling)
-            noise = None if sampling.greedy else draw_acceptance_randoms(self.generator, k, p.shape[-1], device)[1]
+            noise = None if sampling.greedy else self._randoms(k, p.shape[-1])[1]
             accepted, output = kernels.lossy_verify(
                 p[None], tokens, num_draft, self.policy, self.policy_params, None if noise is None else noise[None]
             )
         else:
             p = logits_to_probs(block_logits, self.options.sampling)  # [K+1, V]
             q = None if draft_probs is None else draft_probs.to(device)[None]  # [1, K, V]
-            uniforms, noise = draw_acceptance_randoms(self.generator, k, p.shape[-1], device)
+            uniforms, noise = self._randoms(k, p.shape[-1])
             accepted, output = kernels.rejection_sample(p[None], q, tokens, num_draft, uniforms[None], noise[None])
         a = int(accepted[0])
         return a, int(output[0, a])
+
+    def _randoms(self, k: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """uniforms[K] and noise[K+1, V] for the block starting at the committed length."""
+        seed = self.options.sampling.seed
+        return draw_acceptance_randoms(self.generator, seed, self.committed_length, k, vocab_size, self.lm.device)
 
     def _logprobs(self, logits: torch.Tensor, tokens: list[int]) -> list[float]:
         if not self.options.return_logprobs:
@@ -188,14 +192,23 @@ class VerifierCore:
 
     def __init__(self, lm: LoadedModel) -> None:
         self.lm = lm
-        self.live_sessions = 0
+        self.sessions: set[VerifierSession] = set()
+
+    @property
+    def live_sessions(self) -> int:
+        return len(self.sessions)
+
+    def kv_cache_bytes(self) -> int:
+        """Bytes held by the open sessions' KV caches (read from another thread at scrape time: a copy of
+        the set is taken first)."""
+        return sum(session.kv.nbytes() for session in list(self.sessions))
 
     def open_session(self, options: SessionOptions) -> VerifierSession:
         session = VerifierSession(self.lm, options)
         session.prefill_ms = session.prefill()
-        self.live_sessions += 1
+        self.sessions.add(session)
         return session
 
     def close_session(self, session: VerifierSession) -> None:
         session.kv.rollback(0)
-        self.live_sessions -= 1
+        self.sessions.discard(session)

@@ -11,6 +11,7 @@ import grpc
 
 from specdec import service
 from specdec.errors import FailedPrecondition
+from specdec.metrics import ModelServiceMetrics
 from specdec.modeling import LoadedModel, load_model
 from specdec.v1 import verifier_pb2, verifier_pb2_grpc
 from specdec.verifier_service.core import (
@@ -62,6 +63,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     def __init__(self, core: VerifierCore) -> None:
         self.core = core
         self.worker = service.ModelWorker("verifier-model")
+        self.metrics = ModelServiceMetrics("verifier", lambda: core.live_sessions, core.kv_cache_bytes)
         self._tokenizer_files: dict[str, bytes] | None = None
 
     async def aclose(self) -> None:
@@ -99,6 +101,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                     if session is not None:
                         raise FailedPrecondition("the session is already open")
                     session = await opened.open(_options_from_pb(request.open))
+                    self.metrics.observe_forward("prefill", session.prefill_ms)
                     yield verifier_pb2.VerifierResponse(
                         opened=verifier_pb2.VerifierSessionOpened(
                             committed_length=session.committed_length,
@@ -113,6 +116,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                     tokens = list(block.draft_token_ids)
                     probs = decode_distributions(list(block.draft_probs), len(tokens), self.core.lm.vocab_size)
                     outcome = await self.worker.run(session.verify, block.position, tokens, probs)
+                    self.metrics.observe_forward("verify", outcome.forward_ms)
                     yield verifier_pb2.VerifierResponse(verdict=verdict_to_pb(block.step, block.position, outcome))
                 else:
                     raise FailedPrecondition("a request must set `open` or `verify`")
@@ -133,8 +137,11 @@ def _options_from_pb(msg: verifier_pb2.OpenVerifierSession) -> SessionOptions:
     )
 
 
-async def serve(lm: LoadedModel, port: int = 0, host: str = "127.0.0.1") -> service.RunningServer:
-    """Start a verifier for an already loaded target; `port=0` binds a free port (see `.port`)."""
+async def serve(
+    lm: LoadedModel, port: int = 0, host: str = "127.0.0.1", metrics_port: int | None = None
+) -> service.RunningServer:
+    """Start a verifier for an already loaded target; `port=0` binds a free port (see `.port`); with
+    `metrics_port`, Prometheus metrics too (see `.metrics_port`)."""
     servicer = VerifierServicer(VerifierCore(lm))
     return await service.start(
         [SERVICE_NAME],
@@ -142,6 +149,7 @@ async def serve(lm: LoadedModel, port: int = 0, host: str = "127.0.0.1") -> serv
         servicer,
         port,
         host,
+        metrics_port,
     )
 
 

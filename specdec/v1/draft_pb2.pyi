@@ -74,17 +74,19 @@ class DraftSessionOpened(_message.Message):
     def __init__(self, draft: _Optional[str] = ..., sends_probs: _Optional[bool] = ...) -> None: ...
 
 class DraftChunk(_message.Message):
-    __slots__ = ("step", "position", "token_ids", "probs", "last", "draft_ms")
+    __slots__ = ("step", "position", "token_ids", "probs", "last", "draft_ms", "match_length")
     STEP_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     PROBS_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
+    MATCH_LENGTH_FIELD_NUMBER: _ClassVar[int]
     step: int
     position: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     probs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenDistribution]
     last: bool
     draft_ms: float
-    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ..., last: _Optional[bool] = ..., draft_ms: _Optional[float] = ...) -> None: ...
+    match_length: int
+    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ..., last: _Optional[bool] = ..., draft_ms: _Optional[float] = ..., match_length: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,319 @@
+"""The `cost` K controller: speculate exactly as much as pays, step by step.
+
+Each step has two decisions:
+
+1. *Ask*: how many tokens to ask the draft for (0 = no draft call, a target-only step). Prompt lookup is
+   nearly free, so it is asked for K_max; a model draft costs time per token, so K is chosen from the
+   cost model with the draft's time included.
+2. *Trim*: how many of the proposed tokens to verify. Acceptance is estimated per bucket (prompt lookup's
+   match length: a 1-token match is accepted far less often than an 8-token one) as the probability of the
+   first token, a_1, and of each next token given the one before was accepted, a_n. Verifying K of them
+   commits on average
+
+       E(K) = 1 + a_1 * (1 + a_n + ... + a_n^(K-1))          (the target's own token included)
+
+   tokens at a cost of t_verify(K) + t_network, both measured online per K, so K maximises
+   E(K) / (t_verify(K) + t_network); K = 0 is among the choices.
+
+Acceptance is learned from every proposal, verified or not ("shadow" acceptance): once the committed
+sequence covers a proposal's positions, the proposal's longest prefix agreeing with it is what verifying
+all of it would have accepted. Under greedy decoding that is exact; under rejection sampling with a one-hot
+draft (prompt lookup, greedy model drafts) P(accept x) = p(x) = P(the target's own sample is x), so it is
+an unbiased estimate. A bucket the controller stopped verifying thus keeps being measured and can come back.
+
+A draft call that keeps being worth less than it costs (round trip + draft time) is skipped; after
+`probe_every` skipped steps the controller calls again, so a session that turned speculation off can turn
+it back on. Every estimate starts from `CostPriors` the orchestrator shares between sessions of the same
+target, draft and sampling (what earlier requests learned) and moves to this session's own measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from specdec.orchestrator.k_control import StepObservation
+
+PRIOR_ALPHA = 0.5  # acceptance assumed before anything was measured
+PRIOR_STRENGTH = 2.0  # pseudo-trials behind a prior acceptance
+PRIOR_SLOPE = 0.05  # t_verify(K) ~ t_verify(0) * (1 + PRIOR_SLOPE * K) until measured
+NO_PROPOSAL = -1  # the bucket of a draft call that proposed nothing
+FREE_DRAFT = 0.02  # a draft whose K_max tokens cost < 2% of a target step is treated as free
+
+
+@dataclass
+class DecayedRate:
+    """Successes over trials, older observations fading by `decay` per update."""
+
+    hits: float = 0.0
+    trials: float = 0.0
+
+    def add(self, hits: float, trials: float, decay: float) -> None:
+        self.hits = self.hits * decay + hits
+        self.trials = self.trials * decay + trials
+
+    def estimate(self, prior: float, strength: float = PRIOR_STRENGTH) -> float:
+        return (self.hits + strength * prior) / (self.trials + strength)
+
+
+@dataclass
+class AcceptanceStats:
+    """Acceptance per bucket: the first drafted token (a_1) and each next one given the previous one was
+    accepted (a_n). Estimates shrink towards the parent's (shared across sessions), then towards the
+    overall rate."""
+
+    parent: AcceptanceStats | None = None
+    decay: float = 0.97
+    overall: DecayedRate = field(default_factory=DecayedRate)
+    first: dict[int, DecayedRate] = field(default_factory=dict)
+    after: dict[int, DecayedRate] = field(default_factory=dict)
+    proposals: dict[int, float] = field(default_factory=dict)  # decayed count of proposals per bucket
+
+    def record_proposal(self, bucket: int) -> None:
+        """A draft call's proposal fell in `bucket` (NO_PROPOSAL when it had no tokens)."""
+        for key in self.proposals:
+            self.proposals[key] *= self.decay
+        self.proposals[bucket] = self.proposals.get(bucket, 0.0) + 1.0
+        if self.parent is not None:
+            self.parent.record_proposal(bucket)
+
+    def proposal_shares(self) -> dict[int, float]:
+        """How often proposals fall in each bucket: this session's counts, shrunk towards the parent's."""
+        prior = self.parent.proposal_shares() if self.parent is not None else {}
+        total = sum(self.proposals.values()) + PRIOR_STRENGTH
+        keys = set(prior) | set(self.proposals)
+        return {key: (self.proposals.get(key, 0.0) + PRIOR_STRENGTH * prior.get(key, 0.0)) / total for key in keys}
+
+    def record(self, bucket: int, drafted: int, accepted: int) -> None:
+        """One verified block: positions up to the first rejection were observed."""
+        if drafted <= 0:
+            return
+        observed = min(drafted, accepted + 1)
+        self.overall.add(accepted, observed, self.decay)
+        self.first.setdefault(bucket, DecayedRate()).add(float(accepted > 0), 1.0, self.decay)
+        self.after.setdefault(bucket, DecayedRate()).add(max(0, accepted - 1), observed - 1, self.decay)
+        if self.parent is not None:
+            self.parent.record(bucket, drafted, accepted)
+
+    def alpha(self) -> float:
+        prior = self.parent.alpha() if self.parent is not None else PRIOR_ALPHA
+        return self.overall.estimate(prior)
+
+    def first_rate(self, bucket: int) -> float:
+        prior = self.parent.first_rate(bucket) if self.parent is not None else self.alpha()
+        return self.first.get(bucket, DecayedRate()).estimate(prior)
+
+    def next_rate(self, bucket: int) -> float:
+        prior = self.parent.next_rate(bucket) if self.parent is not None else self.alpha()
+        return self.after.get(bucket, DecayedRate()).estimate(prior)
+
+
+def ema(old: float | None, new: float, weight: float) -> float:
+    return new if old is None else (1.0 - weight) * old + weight * new
+
+
+@dataclass
+class Timings:
+    """Step costs in milliseconds, EMAs; unmeasured values come from the parent (shared across sessions)."""
+
+    parent: Timings | None = None
+    weight: float = 0.2
+    verify_by_k: dict[int, float] = field(default_factory=dict)  # verify compute for K drafted tokens
+    verify_network: float | None = None  # verify round trip minus compute
+    draft_call: float | None = None  # draft round trip minus per-token draft time
+    draft_per_token: float | None = None
+
+    def record_verify(self, k: int, compute_ms: float, network_ms: float) -> None:
+        self.verify_by_k[k] = ema(self.verify_by_k.get(k), compute_ms, self.weight)
+        self.verify_network = ema(self.verify_network, network_ms, self.weight)
+        if self.parent is not None:
+            self.parent.record_verify(k, compute_ms, network_ms)
+
+    def record_draft(self, proposed: int, draft_ms: float, network_ms: float) -> None:
+        per_token = draft_ms / proposed if proposed else 0.0
+        self.draft_per_token = ema(self.draft_per_token, per_token, self.weight)
+        self.draft_call = ema(self.draft_call, network_ms + draft_ms - per_token * proposed, self.weight)
+        if self.parent is not None:
+            self.parent.record_draft(proposed, draft_ms, network_ms)
+
+    def measured_verify(self) -> dict[int, float]:
+        inherited = self.parent.measured_verify() if self.parent is not None else {}
+        return {**inherited, **self.verify_by_k}
+
+    def _get(self, name: str) -> float:
+        own = getattr(self, name)
+        if own is not None:
+            return float(own)
+        return self.parent._get(name) if self.parent is not None else 0.0
+
+    def network_ms(self) -> float:
+        return self._get("verify_network")
+
+    def draft_call_ms(self) -> float:
+        return self._get("draft_call")
+
+    def draft_ms_per_token(self) -> float:
+        return self._get("draft_per_token")
+
+    def verify_ms(self, k: int) -> float:
+        """t_verify(k): measured, else interpolated between measured K, else extrapolated with the prior
+        slope (1.0 when nothing was measured: only ratios matter then)."""
+        known = self.measured_verify()
+        if k in known:
+            return known[k]
+        if not known:
+            return 1.0 + PRIOR_SLOPE * k
+        below = [j for j in known if j < k]
+        above = [j for j in known if j > k]
+        if below and above:
+            lo, hi = max(below), min(above)
+            return known[lo] + (known[hi] - known[lo]) * (k - lo) / (hi - lo)
+        if above:  # k below every measured K: scale the smallest measurement back with the prior slope
+            hi = min(above)
+            return known[hi] * (1 + PRIOR_SLOPE * k) / (1 + PRIOR_SLOPE * hi)
+        lo = max(below)
+        return known[lo] + known[lo] / (1 + PRIOR_SLOPE * lo) * PRIOR_SLOPE * (k - lo)
+
+
+@dataclass
+class CostPriors:
+    """What sessions of one (target, draft, sampling) learned, shared by the orchestrator as the next
+    sessions' starting point."""
+
+    acceptance: AcceptanceStats = field(default_factory=AcceptanceStats)
+    timings: Timings = field(default_factory=Timings)
+
+
+def bucket_of(match_length: int) -> int:
+    """Acceptance bucket of a proposal: 0 (model drafts), 1, 2, 3, 4, then 5-7, 8-15, 16-31, 32+ by their
+    lower bound: copies in progress (long matches) and coincidences (short ones) behave differently."""
+    if match_length <= 4:
+        return match_length
+    return next(lower for lower in (32, 16, 8, 5) if match_length >= lower)
+
+
+def expected_tokens(first_rate: float, next_rate: float, k: int) -> float:
+    """E(K): tokens committed by verifying k drafts, the target's own token included."""
+    if k <= 0:
+        return 1.0
+    if next_rate >= 1.0:
+        return 1.0 + first_rate * k
+    return 1.0 + first_rate * (1.0 - next_rate**k) / (1.0 - next_rate)
+
+
+class CostModelK:
+    """The `cost` controller (see the module docstring)."""
+
+    def __init__(
+        self, k_start: int, k_max: int, probe_every: int = 16, priors: CostPriors | None = None, min_calls: int = 8
+    ) -> None:
+        self.k_start = min(k_start, k_max)
+        self.k_max = k_max
+        self.probe_every = probe_every  # after this many steps without a draft call, call once anyway
+        self.min_calls = min_calls  # calls made before the draft may be judged not worth calling
+        # a session forgets faster than the shared priors: its content shifts (prose, then a copy)
+        self.acceptance = AcceptanceStats(parent=priors.acceptance if priors else None, decay=0.9)
+        self.timings = Timings(parent=priors.timings if priors else None)
+        self._pending: list[tuple[int, list[int], int]] = []  # proposals not yet scored: (position, tokens, bucket)
+        self._start: int | None = None  # position of the first committed token seen
+        self._output: list[int] = []  # committed tokens from _start on
+        self.calls = 0
+        self.skipped = 0
+
+    # -- decisions ---------------------------------------------------------------------------------------
+    def next_k(self) -> int:
+        """Tokens to ask the draft for; 0 = a target-only step without a draft call."""
+        known = self.timings.measured_verify()
+        if not known:
+            return self.k_start  # nothing measured anywhere yet: draft at the starting K
+        if 0 not in known:
+            return 0  # measure a target-only step once: every choice is relative to it
+        k = self._ask_size()
+        if k > 0:
+            self.skipped = 0
+            return k
+        self.skipped += 1
+        if self.skipped <= self._probe_interval():
+            return 0
+        self.skipped = 0  # probe: a call now and then keeps the estimates alive
+        return self.k_max if self._draft_is_free() else min(2, self.k_max)
+
+    def _probe_interval(self) -> int:
+        """Steps between probes: often enough that a cheap call is hardly ever skipped for long, at most
+        `probe_every`; a probe should cost about 1% of the target-only time it interrupts."""
+        calls_per_step = self.timings.draft_call_ms() / max(0.01 * self.timings.verify_ms(0), 1e-6)
+        return max(1, min(self.probe_every, math.ceil(calls_per_step)))
+
+    def _draft_is_free(self) -> bool:
+        return self.timings.draft_ms_per_token() * self.k_max <= FREE_DRAFT * self.timings.verify_ms(0)
+
+    def _ask_size(self) -> int:
+        if self._draft_is_free():  # ask for the most and trim after seeing the proposal
+            worth_it = self.calls < self.min_calls or self.expected_saving() > self.timings.draft_call_ms()
+            return self.k_max if worth_it else 0
+        a1, an = self.acceptance.first_rate(0), self.acceptance.next_rate(0)
+        per_token, call = self.timings.draft_ms_per_token(), self.timings.draft_call_ms()
+        return max(range(self.k_max + 1), key=lambda k: self.rate(a1, an, k, (call + k * per_token) if k else 0.0))
+
+    def best_k(self, bucket: int, available: int) -> int:
+        """The K in [0, available] with the highest predicted rate for a proposal from `bucket`."""
+        a1, an = self.acceptance.first_rate(bucket), self.acceptance.next_rate(bucket)
+        return max(range(available + 1), key=lambda k: self.rate(a1, an, k))
+
+    def trim(self, tokens: Sequence[int], match_length: int, position: int) -> int:
+        """How many of the proposed tokens (for positions `position` ..) to verify."""
+        bucket = bucket_of(match_length)
+        self.acceptance.record_proposal(bucket if tokens else NO_PROPOSAL)
+        if not tokens:
+            return 0
+        self._pending.append((position, list(tokens), bucket))
+        if not self.timings.measured_verify():
+            return len(tokens)  # warm-up: measure what the starting K costs
+        return self.best_k(bucket, len(tokens))
+
+    def rate(self, first_rate: float, next_rate: float, k: int, draft_ms: float = 0.0) -> float:
+        """Predicted tokens per millisecond when verifying k drafts that cost draft_ms to make."""
+        step_ms = self.timings.verify_ms(k) + self.timings.network_ms() + draft_ms
+        return expected_tokens(first_rate, next_rate, k) / max(step_ms, 1e-6)
+
+    def expected_saving(self) -> float:
+        """Milliseconds a free draft call is expected to save: over the buckets its proposals fall in, the
+        time target-only decoding needs for the tokens the best K commits, minus that K's verify time."""
+        target_only_ms = self.timings.verify_ms(0) + self.timings.network_ms()
+        saving = 0.0
+        for bucket, share in self.acceptance.proposal_shares().items():
+            if bucket == NO_PROPOSAL:
+                continue
+            k = self.best_k(bucket, self.k_max)
+            a1, an = self.acceptance.first_rate(bucket), self.acceptance.next_rate(bucket)
+            step_ms = self.timings.verify_ms(k) + self.timings.network_ms()
+            saving += share * (expected_tokens(a1, an, k) * target_only_ms - step_ms)
+        return saving
+
+    # -- learning ----------------------------------------------------------------------------------------
+    def observe(self, step: StepObservation) -> None:
+        self._learn_acceptance(step.position, step.committed)
+        self.timings.record_verify(step.drafted, step.verify_ms, step.verify_network_ms)
+        if step.k > 0:
+            self.calls += 1
+            self.timings.record_draft(step.proposed, step.draft_ms, step.draft_network_ms)
+
+    def _learn_acceptance(self, position: int, committed: Sequence[int]) -> None:
+        """Extend the committed sequence and score every proposal whose outcome it now decides."""
+        if self._start is None:
+            self._start = position
+        if position != self._start + len(self._output):
+            raise ValueError(f"committed tokens at {position}, expected {self._start + len(self._output)}")
+        self._output.extend(committed)
+        still_open = []
+        for start, tokens, bucket in self._pending:
+            seen = self._output[start - self._start : start - self._start + len(tokens)]
+            agreed = next((i for i, (a, b) in enumerate(zip(tokens, seen, strict=False)) if a != b), len(seen))
+            if agreed < len(seen) or len(seen) == len(tokens):
+                self.acceptance.record(bucket, len(tokens), agreed)
+            else:
+                still_open.append((start, tokens, bucket))
+        self._pending = still_open
