@@ -148,8 +148,11 @@ def prompt_token_ids(lm: LoadedModel, content: str) -> list[int]:
 
 
 def stats_to_dict(stats: Any) -> dict[str, Any]:
-    """GenerationStats -> a plain dict of every field (zeros included)."""
-    return {f.name: getattr(stats, f.name) for f in stats.DESCRIPTOR.fields}
+    """GenerationStats -> a plain dict of every field (zeros included; repeated fields as lists)."""
+    return {
+        f.name: list(getattr(stats, f.name)) if f.is_repeated else getattr(stats, f.name)
+        for f in stats.DESCRIPTOR.fields
+    }
 
 
 async def measure(

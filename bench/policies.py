@@ -1,9 +1,10 @@
 """What the LOSSY acceptance policies cost in quality and gain in speed, on the default model.
 
-For each prompt (the foundation's three and two more), greedy (temperature 0), the n-gram draft and the
-default K controller, it runs `--draft none` (the target's own greedy output, the reference), the lossless
-`exact` policy and each lossy policy (`typical`, `topk-agree`, `threshold`, default parameters) interleaved,
-after one warm-up round, and reports per policy:
+For each prompt (the foundation's three and two more), greedy (temperature 0), the n-gram draft at fixed
+K = 4 (what a lossy request gets by default: `cost` would make its output depend on timings), it runs
+`--draft none` (the target's own greedy output, the reference), the lossless `exact` policy and each lossy
+policy (`typical`, `topk-agree`, `threshold`, default parameters) interleaved, after one warm-up round, and
+reports per policy:
 
 - speed: median tokens/s and the median per-round ratio to `none` and to `exact`;
 - agreement with the target's greedy output: identical or not, and the share of it reproduced before the
@@ -37,6 +38,7 @@ MORE_PROMPTS = {
     "explain": "Explain the difference between a list and a tuple in Python.",
 }
 POLICIES = ("none", "exact", "typical", "topk-agree", "threshold")
+K = 4
 
 
 @dataclass
@@ -70,6 +72,8 @@ async def run_once(client: SpecdecClient, ids: list[int], policy: str, max_new_t
         prompt_token_ids=ids,
         max_new_tokens=max_new_tokens,
         draft="none" if policy == "none" else "ngram",
+        k=K,
+        k_controller="fixed",
         policy="" if policy == "none" else policy,
         return_logprobs=True,
     )
@@ -186,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "policies",
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "system": system_info(lm),
-        "settings": {"repeats": args.repeats, "max_new_tokens": args.max_new_tokens, "draft": "ngram"},
+        "settings": {"repeats": args.repeats, "max_new_tokens": args.max_new_tokens, "draft": "ngram", "k": K},
         "prompts": {**PROMPTS, **MORE_PROMPTS},
         "overall": overall(summaries),
         "summary": [asdict(s) for s in summaries],

@@ -143,14 +143,8 @@ def _rejection_sample_kernel(
         residual_mass += tl.sum(tl.where(valid, r, 0.0), axis=0)
         race_r = tl.where(valid, tl.math.div_rn(r, e), -1.0)
         race_p = tl.where(valid, tl.math.div_rn(p, e), -1.0)
-        block_r = tl.max(race_r, axis=0)
-        block_p = tl.max(race_p, axis=0)
-        take_r = block_r > best_r
-        take_p = block_p > best_p
-        best_r_idx = tl.where(take_r, tl.argmax(race_r, axis=0) + start, best_r_idx)
-        best_r = tl.where(take_r, block_r, best_r)
-        best_p_idx = tl.where(take_p, tl.argmax(race_p, axis=0) + start, best_p_idx)
-        best_p = tl.where(take_p, block_p, best_p)
+        best_r, best_r_idx = _running_argmax(race_r, start, best_r, best_r_idx)
+        best_p, best_p_idx = _running_argmax(race_p, start, best_p, best_p_idx)
     final = tl.where(residual_mass > 0.0, best_r_idx, best_p_idx).to(tl.int64)
     tl.store(out_ptr + b * stride_ob + a, final)
     tl.store(num_accepted_ptr + b, a)
@@ -167,11 +161,16 @@ def _race_winner(p_row, noise_row, V, BLOCK: tl.constexpr):
         p = tl.load(p_row + offs, mask=valid, other=0.0).to(tl.float32)
         e = tl.load(noise_row + offs, mask=valid, other=1.0).to(tl.float32)
         race = tl.where(valid, tl.math.div_rn(p, e), -1.0)
-        block_best = tl.max(race, axis=0)
-        take = block_best > best
-        best_idx = tl.where(take, tl.argmax(race, axis=0) + start, best_idx)
-        best = tl.where(take, block_best, best)
+        best, best_idx = _running_argmax(race, start, best, best_idx)
     return best_idx
+
+
+@triton.jit
+def _running_argmax(values, start, best, best_idx):
+    """Fold one block (offsets start ..) into a running (max, argmax); earlier blocks win ties."""
+    block_best = tl.max(values, axis=0)
+    take = block_best > best
+    return tl.where(take, block_best, best), tl.where(take, tl.argmax(values, axis=0) + start, best_idx)
 
 
 def _outputs(b: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

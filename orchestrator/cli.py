@@ -318,6 +318,7 @@ def _print_response(response: orchestrator_pb2.GenerateResponse, as_json: bool) 
             "draft": response.draft,
             "k": response.k,
             "policy": response.policy,
+            "k_controller": response.k_controller,
             "seed": response.seed,
         }
         if any(c.logprobs for c in completions):

@@ -26,9 +26,11 @@ from specdec.orchestrator.k_control import make_controller
 from specdec.orchestrator.loop import Delta, LoopStats, OnDelta, SampleResult, SampleSpec, run_sample
 from specdec.orchestrator.metrics import OrchestratorMetrics
 from specdec.orchestrator.streams import DraftStream, VerifierStream
-from specdec.policies import resolve_policy, resolve_policy_params
+from specdec.policies import LOSSY_POLICIES, resolve_policy, resolve_policy_params
 from specdec.sampling import SamplingConfig, derive_seed
 from specdec.v1 import common_pb2, draft_pb2_grpc, verifier_pb2, verifier_pb2_grpc
+
+MAX_COST_PRIORS = 256  # (draft, policy, sampling) combinations whose cost-model priors are kept
 
 
 @dataclass
@@ -93,6 +95,7 @@ class GenerationResult:
     k: int
     policy: str
     seed: int
+    k_controller: str
     started_at: float  # perf_counter() at the request's start
 
     @property
@@ -194,6 +197,7 @@ class OrchestratorCore:
             k=first.k,
             policy=first.policy,
             seed=seed,
+            k_controller=first.k_controller,
             started_at=start,
         )
 
@@ -251,7 +255,8 @@ class OrchestratorCore:
         if not 1 <= k_max <= limits.k_max:
             raise OutOfRange(f"k_max must be in [1, {limits.k_max}], got {k_max}")
         base = SamplingConfig.from_wire(request.temperature, request.top_k, request.top_p, 0)
-        controller = request.k_controller or self._default_controller(draft, base, request.seed)
+        policy = resolve_policy(request.policy, base)
+        controller = request.k_controller or self._default_controller(draft, base, request.seed, policy)
         make_controller(controller, k, k_max)  # validates the name
         if controller != "fixed" and k > k_max:
             raise OutOfRange(f"k (the starting K) must be <= k_max ({k_max}), got {k}")
@@ -261,7 +266,6 @@ class OrchestratorCore:
         if draft.kind == "none":
             k = 0
         seed = request.seed if request.seed is not None else secrets.randbits(63)
-        policy = resolve_policy(request.policy, base)
         policy_params = resolve_policy_params(request.policy_params)
         specs = [
             SampleSpec(
@@ -284,17 +288,25 @@ class OrchestratorCore:
                 target_name=target.name,
                 target_fingerprint=target.fingerprint,
                 target_vocab_size=target.vocab_size,
-                cost_priors=self._cost_priors.setdefault((draft.name, policy, base), CostPriors()),
+                cost_priors=self._priors_for((draft.name, policy, base)),
             )
             for i in range(num_samples)
         ]
         return specs, seed
 
-    def _default_controller(self, draft: DraftSpec, sampling: SamplingConfig, seed: int | None) -> str:
-        """The server's default, except where it would make a seeded completion vary: a model draft that samples
-        sends q, so what is committed depends on where blocks start, and `cost` places them by measured times.
-        (Prompt lookup's one-hot q is verified position by position: seeded output never depends on K.)"""
-        if seed is not None and draft.kind == "model" and not sampling.greedy:
+    def _priors_for(self, key: tuple[object, ...]) -> CostPriors:
+        """The `cost` controller's shared priors for one (draft, policy, sampling); the least recently
+        created go first when there are too many."""
+        if key not in self._cost_priors and len(self._cost_priors) >= MAX_COST_PRIORS:
+            del self._cost_priors[next(iter(self._cost_priors))]
+        return self._cost_priors.setdefault(key, CostPriors())
+
+    def _default_controller(self, draft: DraftSpec, sampling: SamplingConfig, seed: int | None, policy: str) -> str:
+        """The server's default, except where it would make a reproducible completion vary with measured
+        times (`cost` places blocks by them): with a LOSSY policy what is committed depends on what was
+        verified, and with a sampling model draft (it sends q) on where blocks start. (Lossless prompt lookup
+        is verified position by position against the target's own draw: its output never depends on K.)"""
+        if policy in LOSSY_POLICIES or (seed is not None and draft.kind == "model" and not sampling.greedy):
             return "fixed"
         return self.limits.default_k_controller
 

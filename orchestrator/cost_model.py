@@ -13,18 +13,20 @@ Each step has two decisions:
        E(K) = 1 + a_1 * (1 + a_n + ... + a_n^(K-1))          (the target's own token included)
 
    tokens at a cost of t_verify(K) + t_network, both measured online per K, so K maximises
-   E(K) / (t_verify(K) + t_network); K = 0 is among the choices.
+   E(K) / (t_verify(K) + t_network); K = 0 is among the choices. The rates used are cautious: one standard
+   error below the estimate, so a bucket seen only a few times (or only through priors) is not bet on.
 
 Acceptance is learned from every proposal, verified or not ("shadow" acceptance): once the committed
 sequence covers a proposal's positions, the proposal's longest prefix agreeing with it is what verifying
-all of it would have accepted. Under greedy decoding that is exact; under rejection sampling with a one-hot
-draft (prompt lookup, greedy model drafts) P(accept x) = p(x) = P(the target's own sample is x), so it is
-an unbiased estimate. A bucket the controller stopped verifying thus keeps being measured and can come back.
+all of it would have accepted. Under greedy decoding that is exact; under sampling with prompt lookup (one-hot
+q, verified by the target's own draw for each position) it is exact too. For a sampling model draft it is an
+estimate. A bucket the controller stopped verifying thus keeps being measured and can come back.
 
-A draft call that keeps being worth less than it costs (round trip + draft time) is skipped; after
-`probe_every` skipped steps the controller calls again, so a session that turned speculation off can turn
-it back on. Every estimate starts from `CostPriors` the orchestrator shares between sessions of the same
-target, draft and sampling (what earlier requests learned) and moves to this session's own measurements.
+A draft call whose expected saving (over the buckets its proposals fall in) is below its cost (round trip +
+draft time) is skipped; a probe call now and then (costing about 1% of the time, at most every
+`probe_every` steps) keeps the estimates alive, so a session that turned speculation off can turn it back
+on. Every estimate starts from `CostPriors` the orchestrator shares between sessions of the same draft,
+policy and sampling (what earlier requests learned) and moves to this session's own measurements.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 
 PRIOR_ALPHA = 0.5  # acceptance assumed before anything was measured
 PRIOR_STRENGTH = 2.0  # pseudo-trials behind a prior acceptance
+MAX_PRIOR_STRENGTH = 8.0  # what earlier sessions taught weighs at most this many of this session's trials
+CAUTION = 1.0  # decisions use acceptance estimates this many standard errors below the mean
 PRIOR_SLOPE = 0.05  # t_verify(K) ~ t_verify(0) * (1 + PRIOR_SLOPE * K) until measured
 NO_PROPOSAL = -1  # the bucket of a draft call that proposed nothing
 FREE_DRAFT = 0.02  # a draft whose K_max tokens cost < 2% of a target step is treated as free
@@ -103,12 +107,30 @@ class AcceptanceStats:
         return self.overall.estimate(prior)
 
     def first_rate(self, bucket: int) -> float:
-        prior = self.parent.first_rate(bucket) if self.parent is not None else self.alpha()
-        return self.first.get(bucket, DecayedRate()).estimate(prior)
+        """A cautious a_1 for proposals from `bucket` (see `_cautious`)."""
+        return _cautious(*self._posterior("first", bucket))
 
     def next_rate(self, bucket: int) -> float:
-        prior = self.parent.next_rate(bucket) if self.parent is not None else self.alpha()
-        return self.after.get(bucket, DecayedRate()).estimate(prior)
+        """A cautious a_n for proposals from `bucket`."""
+        return _cautious(*self._posterior("after", bucket))
+
+    def _posterior(self, kind: str, bucket: int) -> tuple[float, float]:
+        """(mean, pseudo-trials behind it): this session's counts on top of the parent's estimate, which weighs
+        as many trials as it has seen (between PRIOR_STRENGTH and MAX_PRIOR_STRENGTH), or on top of the
+        overall rate with PRIOR_STRENGTH when there is no parent."""
+        if self.parent is not None:
+            prior, seen = self.parent._posterior(kind, bucket)
+            strength = min(max(seen, PRIOR_STRENGTH), MAX_PRIOR_STRENGTH)
+        else:
+            prior, strength = self.alpha(), PRIOR_STRENGTH
+        own = (self.first if kind == "first" else self.after).get(bucket, DecayedRate())
+        return own.estimate(prior, strength), own.trials + strength
+
+
+def _cautious(mean: float, trials: float) -> float:
+    """The mean minus CAUTION standard errors: a bucket seen a few times, or only through priors, is not bet
+    on until the evidence is in (shadow scoring brings it in without verifying)."""
+    return max(0.0, mean - CAUTION * math.sqrt(mean * (1.0 - mean) / (trials + 1.0)))
 
 
 def ema(old: float | None, new: float, weight: float) -> float:
@@ -133,9 +155,10 @@ class Timings:
             self.parent.record_verify(k, compute_ms, network_ms)
 
     def record_draft(self, proposed: int, draft_ms: float, network_ms: float) -> None:
-        per_token = draft_ms / proposed if proposed else 0.0
-        self.draft_per_token = ema(self.draft_per_token, per_token, self.weight)
-        self.draft_call = ema(self.draft_call, network_ms + draft_ms - per_token * proposed, self.weight)
+        if proposed:  # a call that proposed nothing says nothing about the cost per token
+            self.draft_per_token = ema(self.draft_per_token, draft_ms / proposed, self.weight)
+        per_token = self.draft_per_token or 0.0
+        self.draft_call = ema(self.draft_call, network_ms + max(0.0, draft_ms - per_token * proposed), self.weight)
         if self.parent is not None:
             self.parent.record_draft(proposed, draft_ms, network_ms)
 

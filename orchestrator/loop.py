@@ -48,7 +48,7 @@ class LoopStats:
     verify_ms: float = 0.0
     network_ms: float = 0.0
     prefill_ms: float = 0.0
-    first_token_at: float | None = None  # perf_counter() of the first committed token
+    first_token_at: float | None = None  # perf_counter() of the first token delivered
 
     k_history: list[int] = field(default_factory=list)  # draft tokens verified at each step (the K used)
     draft_calls: int = 0  # steps that called the draft service
@@ -69,8 +69,6 @@ class LoopStats:
         self.verify_ms += step.verify_ms
         self.network_ms += step.draft_network_ms + step.verify_network_ms
         self.k_history.append(step.drafted)
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
 
     @property
     def acceptance_rate(self) -> float:
@@ -216,19 +214,40 @@ async def open_sessions(spec: SampleSpec, verifier: VerifierStream, draft: Draft
     return float(opened[0].prefill_ms)
 
 
+@dataclass
+class UnsentCommit:
+    """Committed tokens the draft service has not been told about: they go with the next draft call, so a
+    step without one (K = 0) costs the draft service nothing. Commits are contiguous, so they merge."""
+
+    position: int = 0
+    tokens: list[int] = field(default_factory=list)
+
+    def add(self, position: int, tokens: list[int]) -> None:
+        if not self.tokens:
+            self.position = position
+        self.tokens.extend(tokens)
+
+    async def send(self, draft: DraftStream) -> None:
+        if self.tokens:
+            await draft.commit(self.position, self.tokens)  # the draft rolls back to the same prefix
+            self.tokens = []
+
+
 async def speculative_step(
     spec: SampleSpec, position: int, step: int, k: int, verifier: VerifierStream, draft: DraftStream | None,
-    stats: LoopStats, controller: KController,
+    stats: LoopStats, controller: KController, unsent: UnsentCommit,
 ) -> tuple[verifier_pb2.Verdict, StepObservation]:  # fmt: skip
     """Propose up to k tokens from committed length `position`, let the controller trim the proposal,
     verify the rest in one pass, record the timings."""
     block = DraftBlock()
     draft_network_ms = 0.0
     if draft is not None and k > 0:
+        await unsent.send(draft)
         block = await draft.propose(position, step, k, spec.draft_min_confidence)
         draft_network_ms = max(0.0, block.round_trip_ms - block.draft_ms)
     proposed = len(block.tokens)
-    verified = block.truncated(controller.trim(block.tokens, block.match_length, position))
+    called = draft is not None and k > 0
+    verified = block.truncated(controller.trim(block.tokens, block.match_length, position) if called else 0)
     timed = await verifier.verify(position, step, verified.tokens, verified.probs)
     verdict = timed.verdict
     compute_ms = verdict.forward_ms + verdict.accept_ms
@@ -263,11 +282,12 @@ async def run_sample(
     position = len(spec.prompt_token_ids)  # committed length
     logprobs: list[float] = []
     controller = make_controller(spec.k_controller, spec.k, spec.k_max, spec.cost_priors)
+    unsent = UnsentCommit()
     finish = ""
     while not finish:
         k = block_size(spec, controller.next_k(), len(text.tokens), position)
         verdict, observation = await speculative_step(
-            spec, position, stats.steps, k, verifier, draft, stats, controller
+            spec, position, stats.steps, k, verifier, draft, stats, controller, unsent
         )
         controller.observe(observation)
         committed = list(verdict.token_ids)  # accepted drafts + the target's token, positions position ..
@@ -284,10 +304,12 @@ async def run_sample(
         logprobs.extend(step_logprobs)
         if kept:
             stats.deliveries.append(time.perf_counter())
+            if stats.first_token_at is None:
+                stats.first_token_at = stats.deliveries[0]
         if on_delta is not None and (kept or finish):
             await on_delta(Delta(spec.index, kept, delta_text, step_logprobs, finish))
-        if draft is not None and not finish:
-            await draft.commit(position, committed)  # the draft rolls back to the same prefix
+        if draft is not None:
+            unsent.add(position, committed)
         position += len(committed)
 
     return SampleResult(spec.index, text.tokens, text.emitted, finish, logprobs, stats)

@@ -84,6 +84,7 @@ def result_to_pb(result: GenerationResult) -> orchestrator_pb2.GenerateResponse:
         k=result.k,
         policy=result.policy,
         seed=result.seed,
+        k_controller=result.k_controller,
     )
 
 

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +20,11 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 @contextmanager
-def serving(*args: str, http: bool = False) -> Iterator[str]:
+def serving(*args: str, http: bool = False, metrics_urls: list[str] | None = None) -> Iterator[str]:
     """Run `specdec serve ... --port 0`, yield its address (with http: its HTTP base URL), then SIGTERM it and
-    expect a clean exit."""
+    expect a clean exit. With `metrics_urls`, serve metrics on free ports and append their URLs to it."""
     extra = ["--http-port", "0"] if http else []
+    extra += ["--metrics-port", "0"] if metrics_urls is not None else []
     proc = subprocess.Popen(
         [*SPECDEC, "serve", *args, "--port", "0", *extra], stdout=subprocess.PIPE, text=True, env=ENV
     )
@@ -35,6 +37,12 @@ def serving(*args: str, http: bool = False) -> Iterator[str]:
             line = proc.stdout.readline()
             match = re.search(r"HTTP on (\S+)", line)
             assert match, f"unexpected second line: {line!r}"
+        if metrics_urls is not None:
+            for _ in range(3 if args[0] == "all" else 1):
+                metrics_line = proc.stdout.readline()
+                found = re.search(r"metrics on (\S+)", metrics_line)
+                assert found, f"unexpected metrics line: {metrics_line!r}"
+                metrics_urls.append(found.group(1))
         yield match.group(1)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -85,10 +93,16 @@ def test_generate_reports_errors_with_their_status(tiny_target: Path) -> None:
 def test_serve_all_with_the_openai_api(tiny_target: Path) -> None:
     import openai
 
-    with serving("all", "--target", str(tiny_target), http=True) as base_url:
+    metrics_urls: list[str] = []
+    with serving("all", "--target", str(tiny_target), http=True, metrics_urls=metrics_urls) as base_url:
         client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
         assert [m.id for m in client.models.list().data] == [str(tiny_target)]
         response = client.completions.create(
             model=str(tiny_target), prompt="def add(a, b):", max_tokens=5, temperature=0
         )
         assert response.usage.completion_tokens == 5
+        pages = [urllib.request.urlopen(url, timeout=10).read().decode() for url in metrics_urls]
+    assert len(set(metrics_urls)) == 3
+    assert 'specdec:generation_tokens_total{draft="ngram",policy="exact"} 5.0' in pages[0]  # the orchestrator
+    assert 'specdec:forward_latency_seconds_count{kind="verify",service="verifier"}' in pages[1]
+    assert 'specdec:live_sessions{service="draft"} 0.0' in pages[2]

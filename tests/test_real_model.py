@@ -33,12 +33,16 @@ def default_model():
     return load("")
 
 
-@pytest.mark.parametrize("k", [4, 8])
-@pytest.mark.parametrize("name", sorted(PROMPTS))
-def test_cli_greedy_identity_on_the_default_model(default_model, name: str, k: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "k", "controller"),
+    [("code-edit", 4, "fixed"), ("code-edit", 8, "fixed"), ("summarise", 4, "fixed"), ("summarise", 8, "fixed"),
+     ("code-edit", 4, "")],  # "": the server's default, the cost controller, starting cold
+)  # fmt: skip
+def test_cli_greedy_identity_on_the_default_model(default_model, name: str, k: int, controller: str) -> None:
+    chosen = ["--k-controller", controller] if controller else []
     out = subprocess.run(
         [sys.executable, "-m", "specdec.orchestrator.cli", "generate", "--chat", "--prompt", PROMPTS[name],
-         "--max-new-tokens", str(MAX_NEW), "--draft", "ngram", "--k", str(k), "--json"],
+         "--max-new-tokens", str(MAX_NEW), "--draft", "ngram", "--k", str(k), *chosen, "--json"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

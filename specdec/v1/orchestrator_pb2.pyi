@@ -116,7 +116,7 @@ class GenerationStats(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_accepted_length: _Optional[float] = ..., generated_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., wall_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., network_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ..., draft_calls: _Optional[int] = ..., drafted_per_position: _Optional[_Iterable[int]] = ..., accepted_per_position: _Optional[_Iterable[int]] = ..., acceptance_per_position: _Optional[_Iterable[float]] = ..., k_histogram: _Optional[_Iterable[int]] = ..., mean_k: _Optional[float] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("completions", "stats", "prompt_token_ids", "model", "draft", "k", "policy", "seed")
+    __slots__ = ("completions", "stats", "prompt_token_ids", "model", "draft", "k", "policy", "seed", "k_controller")
     COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class GenerateResponse(_message.Message):
     K_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    K_CONTROLLER_FIELD_NUMBER: _ClassVar[int]
     completions: _containers.RepeatedCompositeFieldContainer[Completion]
     stats: GenerationStats
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -133,7 +134,8 @@ class GenerateResponse(_message.Message):
     k: int
     policy: str
     seed: int
-    def __init__(self, completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ..., stats: _Optional[_Union[GenerationStats, _Mapping]] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., draft: _Optional[str] = ..., k: _Optional[int] = ..., policy: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+    k_controller: str
+    def __init__(self, completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ..., stats: _Optional[_Union[GenerationStats, _Mapping]] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., draft: _Optional[str] = ..., k: _Optional[int] = ..., policy: _Optional[str] = ..., seed: _Optional[int] = ..., k_controller: _Optional[str] = ...) -> None: ...
 
 class TokenDelta(_message.Message):
     __slots__ = ("index", "token_ids", "text", "finish_reason", "logprobs")
