@@ -1,0 +1,84 @@
+"""What a `specdec bench` run measures: the sweep (suites or a prompt file; drafts x K x policies x K
+controllers), the target-only baseline every row is compared with, and the HF peers beside them."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from specdec.bench.suites import Prompt, load_prompts, load_suite
+
+BASELINE = "none"  # the target-only row, through the same services
+HF = "hf"  # HF `generate` in-process on the same model object
+HF_ASSISTED = "hf-assisted"  # HF assisted generation with the equivalent draft
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to generate. `kind`: "specdec" (through the services), "hf" or "hf-assisted"."""
+
+    kind: str
+    draft: str = BASELINE
+    k: int = 0
+    policy: str = ""
+    controller: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.kind == HF:
+            return HF
+        if self.kind == HF_ASSISTED:
+            return f"{HF_ASSISTED} {self.draft} k={self.k}"
+        if self.draft == BASELINE:
+            return BASELINE
+        parts = [self.draft, f"k={self.k}"]
+        if self.controller:
+            parts.append(self.controller)
+        if self.policy:
+            parts.append(self.policy)
+        return " ".join(parts)
+
+
+@dataclass
+class SweepConfig:
+    suites: list[str] = field(default_factory=lambda: ["chat", "code", "summarise"])
+    prompts_file: Path | None = None  # JSONL; replaces the suites
+    prompts_per_suite: int = 3  # 0: all
+    drafts: list[str] = field(default_factory=lambda: ["ngram"])
+    ks: list[int] = field(default_factory=lambda: [4])
+    policies: list[str] = field(default_factory=lambda: [""])  # "": by temperature
+    controllers: list[str] = field(default_factory=lambda: ["fixed"])  # a sweep over K means fixed K
+    max_new_tokens: int = 64
+    iterations: int = 1
+    warmup: int = 1
+    temperature: float = 0.0
+    seed: int = 0
+    hf_peers: bool = True  # HF generate and, for n-gram drafts, HF prompt-lookup decoding
+
+    def validate(self) -> None:
+        if self.iterations < 1 or self.warmup < 0 or self.max_new_tokens < 1 or self.prompts_per_suite < 0:
+            raise ValueError("iterations and max_new_tokens must be >= 1; warmup and prompts per suite >= 0")
+        if any(k < 0 for k in self.ks) or not self.ks or not self.drafts:
+            raise ValueError("give at least one draft and K >= 0")
+
+    def prompts(self) -> list[Prompt]:
+        if self.prompts_file is not None:
+            return load_prompts(self.prompts_file)
+        chosen: list[Prompt] = []
+        for suite in self.suites:
+            prompts = load_suite(suite)
+            chosen += prompts[: self.prompts_per_suite] if self.prompts_per_suite else prompts
+        return chosen
+
+    def methods(self) -> list[Method]:
+        """The baseline first, the HF peers, then every specdec combination."""
+        methods = [Method("specdec")]
+        greedy = self.temperature == 0
+        if self.hf_peers and greedy:
+            methods.append(Method(HF))
+            methods += [Method(HF_ASSISTED, "ngram", k) for k in self.ks if "ngram" in self.drafts and k > 0]
+        for draft, k, policy, controller in itertools.product(self.drafts, self.ks, self.policies, self.controllers):
+            if draft != BASELINE:
+                methods.append(Method("specdec", draft, k, policy, controller))
+        return methods
