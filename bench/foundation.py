@@ -284,8 +284,9 @@ def identity_warnings(measurements: list[Measurement]) -> list[str]:
     return lines
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
+def fmt_optional(value: float | None, spec: str, suffix: str = "") -> str:
+    """A number formatted with `spec` (and `suffix`), or a dash for a missing one."""
+    return "—" if value is None else format(value, spec) + suffix
 
 
 def markdown_table(summaries: list[Summary]) -> str:
@@ -298,8 +299,8 @@ def markdown_table(summaries: list[Summary]) -> str:
     for s in summaries:
         lines.append(
             f"| {s.prompt} | {s.method} | {s.tokens} | {s.median_tokens_per_second:.1f} | {s.vs_hf:.2f}x "
-            f"| {s.vs_none:.2f}x | {s.vs_none_paired:.2f}x | {_fmt(s.acceptance_rate, '.0%')} "
-            f"| {_fmt(s.mean_accepted_length, '.2f')} |"
+            f"| {s.vs_none:.2f}x | {s.vs_none_paired:.2f}x | {fmt_optional(s.acceptance_rate, '.0%')} "
+            f"| {fmt_optional(s.mean_accepted_length, '.2f')} |"
         )
     return "\n".join(lines)
 

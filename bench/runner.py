@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from specdec.bench import stats
-from specdec.bench.foundation import stats_to_dict
+from specdec.bench.foundation import fmt_optional, stats_to_dict
 from specdec.bench.peers import hf_generate
 from specdec.bench.suites import Prompt
 from specdec.bench.sweep import BASELINE, HF, HF_ASSISTED, Method, SweepConfig
@@ -162,10 +162,6 @@ def _predicted(server: list[dict[str, Any]], baseline: list[Run]) -> float | Non
     return stats.predicted_speedup(min(alpha, 1.0), round(k), per_token_draft, verify, network, target)
 
 
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "—" if value is None else format(value, spec) + suffix
-
-
 def table(rows: list[Row]) -> str:
     lines = [
         "| suite | method | tok/s (median) | vs none | vs HF | latency p50 / p95 s | TTFT ms | accept | "
@@ -175,9 +171,9 @@ def table(rows: list[Row]) -> str:
     for r in rows:
         lines.append(
             f"| {r.suite} | {r.method} | {r.tokens_per_second.median:.1f} | {r.vs_baseline:.2f}x "
-            f"| {_fmt(r.vs_hf, '.2f', 'x')} | {r.latency_s.p50:.2f} / {r.latency_s.p95:.2f} "
-            f"| {_fmt(r.time_to_first_token_ms, '.0f')} | {_fmt(r.acceptance_rate, '.0%')} "
-            f"| {_fmt(r.mean_accepted_length, '.2f')} | {_fmt(r.predicted_speedup, '.2f', 'x')} "
+            f"| {fmt_optional(r.vs_hf, '.2f', 'x')} | {r.latency_s.p50:.2f} / {r.latency_s.p95:.2f} "
+            f"| {fmt_optional(r.time_to_first_token_ms, '.0f')} | {fmt_optional(r.acceptance_rate, '.0%')} "
+            f"| {fmt_optional(r.mean_accepted_length, '.2f')} | {fmt_optional(r.predicted_speedup, '.2f', 'x')} "
             f"| {'yes' if r.identical_to_baseline else 'NO'} |"
         )
     return "\n".join(lines)
