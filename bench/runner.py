@@ -18,7 +18,7 @@ from specdec.bench.foundation import fmt_optional, stats_to_dict
 from specdec.bench.peers import hf_generate
 from specdec.bench.suites import Prompt
 from specdec.bench.sweep import BASELINE, HF, HF_ASSISTED, Method, SweepConfig
-from specdec.modeling import LoadedModel, chat_prompt_ids
+from specdec.modeling import LoadedModel, chat_prompt_ids, load_model
 from specdec.orchestrator.client import SpecdecClient
 
 
@@ -51,8 +51,14 @@ async def run_once(client: SpecdecClient, lm: LoadedModel, method: Method, ids: 
     server: dict[str, Any] = {}
     if method.kind == HF:
         tokens = hf_generate(lm, ids, cfg.max_new_tokens)
-    elif method.kind == HF_ASSISTED:
+    elif method.kind == HF_ASSISTED and method.draft == "ngram":
         tokens = hf_generate(lm, ids, cfg.max_new_tokens, prompt_lookup_num_tokens=method.k)
+    elif method.kind == HF_ASSISTED:  # a model draft: HF's assistant model, K tokens per step as ours
+        assistant = _assistant(method.draft.removeprefix("model:"), lm)
+        tokens = hf_generate(
+            lm, ids, cfg.max_new_tokens, assistant_model=assistant.model, num_assistant_tokens=method.k,
+            num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0,
+        )  # fmt: skip
     else:
         response = await client.generate(
             prompt_token_ids=ids,
@@ -67,6 +73,16 @@ async def run_once(client: SpecdecClient, lm: LoadedModel, method: Method, ids: 
         tokens = [int(t) for t in response.completions[0].token_ids]
         server = stats_to_dict(response.stats)
     return Run("", "", method.label, 0, len(tokens), time.perf_counter() - start, tokens, server)
+
+
+_assistants: dict[str, LoadedModel] = {}
+
+
+def _assistant(name: str, target: LoadedModel) -> LoadedModel:
+    """The draft model for HF's assisted generation, loaded once, on the target's device and dtype."""
+    if name not in _assistants:
+        _assistants[name] = load_model(name, str(target.device), str(target.dtype).removeprefix("torch."))
+    return _assistants[name]
 
 
 async def run_sweep(

@@ -11,7 +11,7 @@ from specdec.bench.suites import Prompt, load_prompts, load_suite
 
 BASELINE = "none"  # the target-only row, through the same services
 HF = "hf"  # HF `generate` in-process on the same model object
-HF_ASSISTED = "hf-assisted"  # HF assisted generation with the equivalent draft
+HF_ASSISTED = "hf-assisted"  # HF assisted generation with the equivalent draft (prompt lookup or assistant model)
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ class SweepConfig:
         greedy = self.temperature == 0
         if self.hf_peers and greedy:
             methods.append(Method(HF))
-            methods += [Method(HF_ASSISTED, "ngram", k) for k in self.ks if "ngram" in self.drafts and k > 0]
+            equivalent = [d for d in self.drafts if d == "ngram" or d.startswith("model:")]
+            methods += [Method(HF_ASSISTED, d, k) for d in equivalent for k in self.ks if k > 0]
         for draft, k, policy, controller in itertools.product(self.drafts, self.ks, self.policies, self.controllers):
             if draft != BASELINE:
                 methods.append(Method("specdec", draft, k, policy, controller))

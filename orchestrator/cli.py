@@ -409,7 +409,7 @@ def _print_response(response: orchestrator_pb2.GenerateResponse, as_json: bool) 
         print(c.text)
     s = response.stats
     print(
-        f"[{response.model} | draft {response.draft}, k={response.k}, {response.policy}] "
+        f"[{response.model} | draft {response.draft}, k={response.k} ({response.k_controller}), {response.policy}] "
         f"{s.generated_tokens} tokens in {s.wall_ms / 1e3:.2f} s = {s.tokens_per_second:.1f} tok/s; "
         f"{s.steps} steps, acceptance {s.acceptance_rate:.0%}, mean accepted length {s.mean_accepted_length:.2f}",
         file=sys.stderr,

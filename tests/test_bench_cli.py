@@ -43,10 +43,34 @@ def test_a_k_sweep_writes_every_output(tiny_target: Path, tmp_path: Path) -> Non
     assert "| ngram k=4 fixed |" in done.stdout
 
 
+def test_hf_assisted_generation_with_a_model_draft(tiny_target: Path, tiny_unrelated: Path, tmp_path: Path) -> None:
+    """The HF peer of a model draft is HF's assistant model at the same K; both keep the target's output."""
+    import asyncio
+
+    from specdec.bench.runner import run_sweep, summarise
+    from specdec.orchestrator.client import SpecdecClient
+    from specdec.orchestrator.embedded import EmbeddedStack
+    from tests.helpers import load
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "fox", "prompt": "The quick brown fox jumps over the lazy dog. The quick"}\n')
+    cfg = SweepConfig(prompts_file=prompts, drafts=[f"model:{tiny_unrelated}"], ks=[3], max_new_tokens=10, warmup=0)
+    lm = load(str(tiny_target))
+
+    async def bench() -> list:
+        async with EmbeddedStack(target_model=lm, device="cpu") as stack, SpecdecClient(stack.address) as client:
+            return await run_sweep(client, lm, cfg)
+
+    rows = {row.method: row for row in summarise(asyncio.run(bench()), cfg)}
+    assert set(rows) == {"none", "hf", f"hf-assisted model:{tiny_unrelated} k=3", f"model:{tiny_unrelated} k=3 fixed"}
+    assert all(row.identical_to_baseline for row in rows.values())
+
+
 def test_the_sweep_is_the_cartesian_product_with_the_baseline_first() -> None:
     cfg = SweepConfig(drafts=["ngram", "none"], ks=[2, 8], policies=["", "typical"], controllers=["fixed"])
     labels = [m.label for m in cfg.methods()]
     assert labels[:2] == ["none", "hf"]
     assert labels[2:4] == ["hf-assisted ngram k=2", "hf-assisted ngram k=8"]
     assert labels[4:] == ["ngram k=2 fixed", "ngram k=2 fixed typical", "ngram k=8 fixed", "ngram k=8 fixed typical"]
+    assert "hf-assisted model:m k=2" in [m.label for m in SweepConfig(drafts=["model:m"], ks=[2]).methods()]
     assert [m.label for m in SweepConfig(temperature=0.7).methods()] == ["none", "ngram k=4 fixed"]  # HF: greedy
