@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from specdec.bench import stats
 from specdec.bench.peers import hf_generate
 from specdec.modeling import LoadedModel, chat_prompt_ids, load_model
 from specdec.orchestrator.client import SpecdecClient
@@ -242,14 +243,12 @@ def _ratio(a: float, b: float) -> float:
 
 def paired_ratio(timed: list[Measurement], method: str, baseline: str) -> float:
     """Median over the measured rounds of tokens/s(method) / tokens/s(baseline) within the same round."""
-    rounds = sorted({m.repeat for m in timed})
-    ratios = []
-    for r in rounds:
-        a = [m.tokens_per_second for m in timed if m.repeat == r and m.method == method]
-        b = [m.tokens_per_second for m in timed if m.repeat == r and m.method == baseline]
-        if a and b:
-            ratios.append(_ratio(a[0], b[0]))
-    return _median(ratios) or 0.0
+    pairs = [
+        (a, b) for a in timed for b in timed if a.repeat == b.repeat and (a.method, b.method) == (method, baseline)
+    ]
+    if not pairs:
+        return 0.0
+    return stats.paired_ratio([a.tokens_per_second for a, _ in pairs], [b.tokens_per_second for _, b in pairs])
 
 
 def goal_lines(summaries: list[Summary]) -> list[str]:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from specdec.bench import stats
 from specdec.bench.foundation import PROMPTS, prompt_token_ids, system_info
 from specdec.modeling import LoadedModel, load_model
 from specdec.orchestrator.client import SpecdecClient
@@ -99,13 +100,10 @@ async def bench(lm: LoadedModel, repeats: int, max_new_tokens: int) -> list[Run]
 
 
 def _paired(runs: list[Run], policy: str, baseline: str) -> float:
-    ratios = []
-    for r in {run.repeat for run in runs}:
-        a = [x.tokens_per_second for x in runs if x.repeat == r and x.policy == policy]
-        b = [x.tokens_per_second for x in runs if x.repeat == r and x.policy == baseline]
-        if a and b and b[0] > 0:
-            ratios.append(a[0] / b[0])
-    return statistics.median(ratios) if ratios else 0.0
+    pairs = [(a, b) for a in runs for b in runs if a.repeat == b.repeat and (a.policy, b.policy) == (policy, baseline)]
+    if not pairs:
+        return 0.0
+    return stats.paired_ratio([a.tokens_per_second for a, _ in pairs], [b.tokens_per_second for _, b in pairs])
 
 
 def _mean(values: list[float]) -> float:

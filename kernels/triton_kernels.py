@@ -24,11 +24,7 @@ def _row_argmax(row_ptr, V, BLOCK: tl.constexpr):
     for start in range(0, V, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         x = tl.load(row_ptr + offs, mask=offs < V, other=-float("inf")).to(tl.float32)
-        block_max = tl.max(x, axis=0)
-        block_idx = tl.argmax(x, axis=0) + start  # lowest index among the block's maxima
-        take = block_max > best_val  # strict: an equal later maximum never wins
-        best_idx = tl.where(take, block_idx, best_idx)
-        best_val = tl.where(take, block_max, best_val)
+        best_val, best_idx = _running_argmax(x, start, best_val, best_idx)
     return best_idx
 
 
@@ -167,7 +163,8 @@ def _race_winner(p_row, noise_row, V, BLOCK: tl.constexpr):
 
 @triton.jit
 def _running_argmax(values, start, best, best_idx):
-    """Fold one block (offsets start ..) into a running (max, argmax); earlier blocks win ties."""
+    """Fold one block (offsets start ..) into a running (max, argmax): the lowest index among the block's maxima,
+    and strictly greater only, so an equal later maximum never wins (as torch.argmax)."""
     block_best = tl.max(values, axis=0)
     take = block_best > best
     return tl.where(take, block_best, best), tl.where(take, tl.argmax(values, axis=0) + start, best_idx)

@@ -48,7 +48,6 @@ class LoopStats:
     verify_ms: float = 0.0
     network_ms: float = 0.0
     prefill_ms: float = 0.0
-    first_token_at: float | None = None  # perf_counter() of the first token delivered
 
     k_history: list[int] = field(default_factory=list)  # draft tokens verified at each step (the K used)
     draft_calls: int = 0  # steps that called the draft service
@@ -80,6 +79,11 @@ class LoopStats:
         return self.committed_tokens / self.steps if self.steps else 0.0
 
     @property
+    def first_token_at(self) -> float | None:
+        """perf_counter() of the first token delivered (of any completion, once merged)."""
+        return self.deliveries[0] if self.deliveries else None
+
+    @property
     def acceptance_per_position(self) -> list[float]:
         """[i]: the share of steps verifying a draft at position i that accepted it."""
         return [
@@ -101,10 +105,7 @@ class LoopStats:
         self.k_history.extend(other.k_history)
         _add_elementwise(self.drafted_per_position, other.drafted_per_position)
         _add_elementwise(self.accepted_per_position, other.accepted_per_position)
-        if other.first_token_at is not None and (
-            self.first_token_at is None or other.first_token_at < self.first_token_at
-        ):
-            self.first_token_at = other.first_token_at
+        self.deliveries = sorted(self.deliveries + other.deliveries)
 
 
 @dataclass
@@ -239,15 +240,14 @@ async def speculative_step(
 ) -> tuple[verifier_pb2.Verdict, StepObservation]:  # fmt: skip
     """Propose up to k tokens from committed length `position`, let the controller trim the proposal,
     verify the rest in one pass, record the timings."""
-    block = DraftBlock()
+    block = verified = DraftBlock()
     draft_network_ms = 0.0
     if draft is not None and k > 0:
         await unsent.send(draft)
         block = await draft.propose(position, step, k, spec.draft_min_confidence)
         draft_network_ms = max(0.0, block.round_trip_ms - block.draft_ms)
+        verified = block.truncated(controller.trim(block.tokens, block.match_length, position))
     proposed = len(block.tokens)
-    called = draft is not None and k > 0
-    verified = block.truncated(controller.trim(block.tokens, block.match_length, position) if called else 0)
     timed = await verifier.verify(position, step, verified.tokens, verified.probs)
     verdict = timed.verdict
     compute_ms = verdict.forward_ms + verdict.accept_ms
@@ -304,8 +304,6 @@ async def run_sample(
         logprobs.extend(step_logprobs)
         if kept:
             stats.deliveries.append(time.perf_counter())
-            if stats.first_token_at is None:
-                stats.first_token_at = stats.deliveries[0]
         if on_delta is not None and (kept or finish):
             await on_delta(Delta(spec.index, kept, delta_text, step_logprobs, finish))
         if draft is not None:
