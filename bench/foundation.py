@@ -32,6 +32,7 @@ import torch
 
 from specdec.bench import stats
 from specdec.bench.peers import hf_generate
+from specdec.bench.targets import stats_to_dict
 from specdec.modeling import LoadedModel, chat_prompt_ids, load_model
 from specdec.orchestrator.client import SpecdecClient
 from specdec.orchestrator.embedded import EmbeddedStack
@@ -146,14 +147,6 @@ class Summary:
 def prompt_token_ids(lm: LoadedModel, content: str) -> list[int]:
     """One user message through the chat template with a generation prompt, as the orchestrator does."""
     return chat_prompt_ids(lm.tokenizer, [{"role": "user", "content": content}])
-
-
-def stats_to_dict(stats: Any) -> dict[str, Any]:
-    """GenerationStats -> a plain dict of every field (zeros included; repeated fields as lists)."""
-    return {
-        f.name: list(getattr(stats, f.name)) if f.is_repeated else getattr(stats, f.name)
-        for f in stats.DESCRIPTOR.fields
-    }
 
 
 async def measure(

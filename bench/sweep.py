@@ -4,7 +4,7 @@ controllers), the target-only baseline every row is compared with, and the HF pe
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from specdec.bench.suites import Prompt, load_prompts, load_suite
@@ -12,11 +12,12 @@ from specdec.bench.suites import Prompt, load_prompts, load_suite
 BASELINE = "none"  # the target-only row, through the same services
 HF = "hf"  # HF `generate` in-process on the same model object
 HF_ASSISTED = "hf-assisted"  # HF assisted generation with the equivalent draft (prompt lookup or assistant model)
+REMOTE = "remote"  # an OpenAI-compatible server as it is configured (its speculative settings are its own)
 
 
 @dataclass(frozen=True)
 class Method:
-    """One way to generate. `kind`: "specdec" (through the services), "hf" or "hf-assisted"."""
+    """One way to generate. `kind`: "specdec" (through the services), "hf", "hf-assisted" or "remote"."""
 
     kind: str
     draft: str = BASELINE
@@ -26,8 +27,8 @@ class Method:
 
     @property
     def label(self) -> str:
-        if self.kind == HF:
-            return HF
+        if self.kind in (HF, REMOTE):
+            return self.kind
         if self.kind == HF_ASSISTED:
             return f"{HF_ASSISTED} {self.draft} k={self.k}"
         if self.draft == BASELINE:
@@ -55,12 +56,17 @@ class SweepConfig:
     temperature: float = 0.0
     seed: int = 0
     hf_peers: bool = True  # HF generate and, for n-gram drafts, HF prompt-lookup decoding
+    remote_as_is: bool = False  # an OpenAI-compatible server benchmarked as configured: one "remote" method
 
     def validate(self) -> None:
         if self.iterations < 1 or self.warmup < 0 or self.max_new_tokens < 1 or self.prompts_per_suite < 0:
             raise ValueError("iterations and max_new_tokens must be >= 1; warmup and prompts per suite >= 0")
         if any(k < 0 for k in self.ks) or not self.ks or not self.drafts:
             raise ValueError("give at least one draft and K >= 0")
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready (paths as strings)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
     def prompts(self) -> list[Prompt]:
         if self.prompts_file is not None:
@@ -73,6 +79,8 @@ class SweepConfig:
 
     def methods(self) -> list[Method]:
         """The baseline first, the HF peers, then every specdec combination."""
+        if self.remote_as_is:
+            return [Method(REMOTE)] + ([Method(HF)] if self.hf_peers and self.temperature == 0 else [])
         methods = [Method("specdec")]
         greedy = self.temperature == 0
         if self.hf_peers and greedy:

@@ -13,7 +13,8 @@ from specdec.draft_service.core import DraftCore, DraftOptions, DraftSession
 from specdec.draft_service.drafts import Proposal
 from specdec.errors import FailedPrecondition, SpecdecError
 from specdec.metrics import ModelServiceMetrics
-from specdec.v1 import draft_pb2, draft_pb2_grpc
+from specdec.usage import UsageTracker
+from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 from specdec.wire import encode_distribution, sampling_from_pb
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,15 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
     def __init__(self, core: DraftCore) -> None:
         self.core = core
         self.worker = service.ModelWorker("draft-model")
-        self.metrics = ModelServiceMetrics("draft", lambda: core.live_sessions, core.kv_cache_bytes)
+        self.metrics = ModelServiceMetrics(UsageTracker("draft", core.kv_cache_bytes, lambda: core.live_sessions))
 
     async def aclose(self) -> None:
         self.worker.shutdown()
+
+    async def GetUsage(
+        self, request: common_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.ServiceUsage:
+        return self.metrics.usage.snapshot(request.reset_peaks)
 
     async def Session(
         self, request_iterator: AsyncIterator[draft_pb2.DraftRequest], context: grpc.aio.ServicerContext

@@ -10,13 +10,13 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
 from specdec import __version__
+from specdec.bench.cli import add_bench_parser, apply_config, run_bench
 from specdec.draftspec import SYNTAX as DRAFT_SYNTAX
 from specdec.errors import SpecdecError
 from specdec.orchestrator.k_control import CONTROLLERS
@@ -155,42 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--target", default=_env("TARGET", ""), help="embedded mode: HF id or path of the target")
     _add_model_flags(gen)
-    _add_bench_parser(commands)
+    add_bench_parser(commands, _add_model_flags)
     return parser
 
 
-def _csv(kind: type) -> Any:
-    def parse(text: str) -> list[Any]:
-        return [kind(part.strip()) if part.strip() or kind is int else "" for part in text.split(",")]
-
-    return parse
-
-
-def _add_bench_parser(commands: Any) -> None:
-    bench = commands.add_parser(
-        "bench",
-        help="benchmark drafts, K, policies and controllers against target-only decoding and HF, interleaved",
-    )
-    bench.add_argument("--suite", type=_csv(str), default=["chat", "code", "summarise"], help="comma-separated")
-    bench.add_argument("--prompts", type=Path, default=None, help="a JSONL prompt file instead of the suites")
-    bench.add_argument("--prompts-per-suite", type=int, default=3, help="0: all")
-    bench.add_argument("--draft", type=_csv(str), default=["ngram"], help=f"comma-separated {DRAFT_SYNTAX}")
-    bench.add_argument("--k", type=_csv(int), default=[4], help="comma-separated K values, e.g. 1,2,4,8")
-    bench.add_argument("--policy", type=_csv(str), default=[""], help="comma-separated; empty: by temperature")
-    bench.add_argument("--k-controller", type=_csv(str), default=["fixed"], help="comma-separated")
-    bench.add_argument("--max-new-tokens", type=int, default=64)
-    bench.add_argument("--iterations", type=int, default=1)
-    bench.add_argument("--warmup", type=int, default=1)
-    bench.add_argument("--temperature", type=float, default=0.0)
-    bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--no-hf", action="store_true", help="skip the HF generate / prompt-lookup peers")
-    bench.add_argument("--out", type=Path, default=None, help="results folder (default results/bench-TIMESTAMP)")
-    bench.add_argument("--target", default=_env("TARGET", ""), help="HF id or path of the target")
-    _add_model_flags(bench)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -205,7 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_serve(args))
             return 0
         if args.command == "bench":
-            return asyncio.run(_bench(args))
+            try:
+                args = apply_config(parser, argv, args)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            return asyncio.run(run_bench(args))
         return asyncio.run(_generate(args))
     except grpc.aio.AioRpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
@@ -331,50 +307,6 @@ async def _generate(args: argparse.Namespace) -> int:
         async with stack, SpecdecClient(stack.address) as client:
             response = await client.generate(**request)
     _print_response(response, args.json)
-    return 0
-
-
-async def _bench(args: argparse.Namespace) -> int:
-    import datetime
-
-    from specdec.bench.foundation import system_info
-    from specdec.bench.runner import run_sweep, summarise, table, write_outputs
-    from specdec.bench.sweep import SweepConfig
-    from specdec.modeling import load_model
-    from specdec.orchestrator.client import SpecdecClient
-    from specdec.orchestrator.embedded import EmbeddedStack
-
-    cfg = SweepConfig(
-        suites=args.suite, prompts_file=args.prompts, prompts_per_suite=args.prompts_per_suite, drafts=args.draft,
-        ks=args.k, policies=args.policy, controllers=args.k_controller, max_new_tokens=args.max_new_tokens,
-        iterations=args.iterations, warmup=args.warmup, temperature=args.temperature, seed=args.seed,
-        hf_peers=not args.no_hf,
-    )  # fmt: skip
-    try:
-        cfg.validate()
-        prompts = cfg.prompts()
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    out = args.out or Path("results") / f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    lm = await asyncio.to_thread(load_model, args.target, args.device, args.dtype)
-    total = len(prompts) * (cfg.warmup + cfg.iterations) * len(cfg.methods())
-    done = 0
-
-    def progress(run: Any) -> None:
-        nonlocal done
-        done += 1
-        label = "warm-up" if run.iteration < 0 else f"iter {run.iteration + 1}"
-        print(f"[{done}/{total}] {run.prompt_id:<14} {label:<8} {run.method:<28} {run.tokens_per_second:7.1f} tok/s",
-              file=sys.stderr, flush=True)  # fmt: skip
-
-    stack = EmbeddedStack(target_model=lm, device=args.device, dtype=args.dtype)
-    async with stack, SpecdecClient(stack.address) as client:
-        runs = await run_sweep(client, lm, cfg, progress)
-    rows = summarise(runs, cfg)
-    print(table(rows))
-    write_outputs(out, cfg, system_info(lm), runs, rows)
-    print(f"wrote {out}/results.json and results.csv", file=sys.stderr)
     return 0
 
 

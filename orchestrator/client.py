@@ -86,6 +86,10 @@ class SpecdecClient:
     async def generate(self, prompt: str = "", **kwargs: Any) -> orchestrator_pb2.GenerateResponse:
         return await self.stub.Generate(build_request(prompt, **kwargs))
 
+    async def usage(self, reset_peaks: bool = False) -> orchestrator_pb2.DeploymentUsage:
+        """Memory held by the orchestrator and the services behind it."""
+        return await self.stub.GetUsage(common_pb2.GetUsageRequest(reset_peaks=reset_peaks))
+
     async def generate_stream(
         self, prompt: str = "", **kwargs: Any
     ) -> AsyncIterator[orchestrator_pb2.GenerateStreamResponse]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 from transformers import AutoTokenizer
 
 from specdec import service
@@ -28,8 +29,10 @@ from specdec.orchestrator.metrics import OrchestratorMetrics
 from specdec.orchestrator.streams import DraftStream, VerifierStream
 from specdec.policies import LOSSY_POLICIES, resolve_policy, resolve_policy_params
 from specdec.sampling import SamplingConfig, derive_seed
-from specdec.v1 import common_pb2, draft_pb2_grpc, verifier_pb2, verifier_pb2_grpc
+from specdec.usage import UsageTracker
+from specdec.v1 import common_pb2, draft_pb2_grpc, orchestrator_pb2, verifier_pb2, verifier_pb2_grpc
 
+USAGE_TIMEOUT_S = 5.0  # GetUsage is a cheap read; a service slower than this is left out of the answer
 MAX_COST_PRIORS = 256  # (draft, policy, sampling) combinations whose cost-model priors are kept
 
 
@@ -125,6 +128,8 @@ class OrchestratorCore:
         self._target_lock = asyncio.Lock()
         self._cost_priors: dict[tuple[object, ...], CostPriors] = {}  # per draft, policy and sampling
         self.metrics = OrchestratorMetrics()
+        self.live_requests = 0
+        self.usage_tracker = UsageTracker("orchestrator", lambda: 0, lambda: self.live_requests)
         if draft_address is None:  # without a draft service the only possible default is target-only
             self.limits.default_draft = "none"
         parse_draft(self.limits.default_draft)
@@ -149,12 +154,28 @@ class OrchestratorCore:
                 )
             return self._target
 
+    async def usage(self, reset_peaks: bool) -> orchestrator_pb2.DeploymentUsage:
+        """This process's usage, then the verifier's and the draft service's (each reads before it resets, and
+        this one resets last: services sharing a process would otherwise read each other's reset peak)."""
+        services = [self.usage_tracker.snapshot()]
+        request = common_pb2.GetUsageRequest(reset_peaks=reset_peaks)
+        stubs: list[Any] = [self._verifier, self._draft] if self._draft is not None else [self._verifier]
+        for stub in stubs:
+            try:
+                services.append(await stub.GetUsage(request, timeout=USAGE_TIMEOUT_S))
+            except grpc.aio.AioRpcError:
+                continue  # a service that does not answer is left out, as the API says
+        if reset_peaks:
+            self.usage_tracker.reset_peaks()
+        return orchestrator_pb2.DeploymentUsage(services=services)
+
     async def check(self, request: GenerationRequest) -> None:
         """Validate a request without generating (lets streaming endpoints fail before they start)."""
         self._plan(request, await self.target())
 
     async def generate(self, request: GenerationRequest, on_delta: OnDelta | None = None) -> GenerationResult:
         self.metrics.live_requests.inc()
+        self.live_requests += 1
         try:
             result = await self._generate(request, on_delta)
         except BaseException as exc:
@@ -162,6 +183,7 @@ class OrchestratorCore:
             raise
         finally:
             self.metrics.live_requests.dec()
+            self.live_requests -= 1
         self.metrics.record(result.samples, result.draft, result.policy, result.started_at)
         return result
 

@@ -11,7 +11,7 @@ from specdec import service
 from specdec.orchestrator.core import GenerationRequest, GenerationResult, Limits, OrchestratorCore
 from specdec.orchestrator.http_api import HttpServer, serve_http
 from specdec.orchestrator.loop import Delta
-from specdec.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from specdec.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from specdec.wire import policy_params_from_pb
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
@@ -118,6 +118,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             return result_to_pb(await self.core.generate(request_from_pb(request)))
         except Exception as exc:
             await service.abort_with(context, exc)
+
+    async def GetUsage(
+        self, request: common_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.DeploymentUsage:
+        return await self.core.usage(request.reset_peaks)
 
     async def GenerateStream(
         self, request: orchestrator_pb2.GenerateRequest, context: grpc.aio.ServicerContext

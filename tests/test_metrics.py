@@ -120,3 +120,21 @@ async def test_gauges_show_a_session_in_progress(stack: EmbeddedStack, tiny_targ
     assert value(verifier, "specdec:kv_cache_bytes", service="verifier") > 0
     assert value(draft, "specdec:live_sessions", service="draft") == 1
     assert value(draft, "specdec:kv_cache_bytes", service="draft") > 0
+
+
+async def test_get_usage_reports_each_service_and_resets_its_peaks(stack: EmbeddedStack, tiny_target: Path) -> None:
+    """GetUsage: the orchestrator, the verifier and the draft service answer; the verifier's KV-cache peak covers
+    a finished request (whose cache is freed by now) and restarts at 0 after a reset."""
+    async with SpecdecClient(stack.address) as client:
+        await client.usage(reset_peaks=True)
+        await client.generate("one two three four one two three four", max_new_tokens=8, draft="ngram", k=3)
+        usage = {u.service: u for u in (await client.usage(reset_peaks=True)).services}
+        after_reset = {u.service: u for u in (await client.usage()).services}
+    assert list(usage) == ["orchestrator", "verifier", "draft"]
+    verifier = usage["verifier"]
+    assert verifier.kv_cache_bytes == 0 and verifier.live_sessions == 0  # the request's session is closed
+    assert verifier.peak_kv_cache_bytes > 0
+    assert after_reset["verifier"].peak_kv_cache_bytes == 0
+    assert usage["draft"].peak_kv_cache_bytes == 0  # prompt lookup holds no KV cache
+    for u in usage.values():  # embedded: one process, its memory seen by every service
+        assert u.pid == usage["orchestrator"].pid and u.peak_rss_bytes >= u.rss_bytes > 0

@@ -13,7 +13,8 @@ from specdec import service
 from specdec.errors import FailedPrecondition
 from specdec.metrics import ModelServiceMetrics
 from specdec.modeling import LoadedModel, load_model
-from specdec.v1 import verifier_pb2, verifier_pb2_grpc
+from specdec.usage import UsageTracker
+from specdec.v1 import common_pb2, verifier_pb2, verifier_pb2_grpc
 from specdec.verifier_service.core import (
     ACCEPTED,
     REJECTED,
@@ -63,7 +64,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     def __init__(self, core: VerifierCore) -> None:
         self.core = core
         self.worker = service.ModelWorker("verifier-model")
-        self.metrics = ModelServiceMetrics("verifier", lambda: core.live_sessions, core.kv_cache_bytes)
+        self.metrics = ModelServiceMetrics(UsageTracker("verifier", core.kv_cache_bytes, lambda: core.live_sessions))
         self._tokenizer_files: dict[str, bytes] | None = None
 
     async def aclose(self) -> None:
@@ -88,6 +89,11 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                 self._tokenizer_files = tokenizer_files(lm)
             info.tokenizer_files.update(self._tokenizer_files)
         return info
+
+    async def GetUsage(
+        self, request: common_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.ServiceUsage:
+        return self.metrics.usage.snapshot(request.reset_peaks)
 
     async def Session(
         self, request_iterator: AsyncIterator[verifier_pb2.VerifierRequest], context: grpc.aio.ServicerContext

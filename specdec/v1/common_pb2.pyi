@@ -55,3 +55,29 @@ class SparseDistribution(_message.Message):
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     probs: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., probs: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("reset_peaks",)
+    RESET_PEAKS_FIELD_NUMBER: _ClassVar[int]
+    reset_peaks: bool
+    def __init__(self, reset_peaks: _Optional[bool] = ...) -> None: ...
+
+class ServiceUsage(_message.Message):
+    __slots__ = ("service", "pid", "rss_bytes", "peak_rss_bytes", "kv_cache_bytes", "peak_kv_cache_bytes", "live_sessions", "device_peak_bytes")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_KV_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    pid: int
+    rss_bytes: int
+    peak_rss_bytes: int
+    kv_cache_bytes: int
+    peak_kv_cache_bytes: int
+    live_sessions: int
+    device_peak_bytes: int
+    def __init__(self, service: _Optional[str] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., peak_kv_cache_bytes: _Optional[int] = ..., live_sessions: _Optional[int] = ..., device_peak_bytes: _Optional[int] = ...) -> None: ...

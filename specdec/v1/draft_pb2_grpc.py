@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from specdec.v1 import common_pb2 as specdec_dot_v1_dot_common__pb2
 from specdec.v1 import draft_pb2 as specdec_dot_v1_dot_draft__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -40,6 +41,11 @@ class DraftStub:
                 request_serializer=specdec_dot_v1_dot_draft__pb2.DraftRequest.SerializeToString,
                 response_deserializer=specdec_dot_v1_dot_draft__pb2.DraftResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/specdec.v1.Draft/GetUsage',
+                request_serializer=specdec_dot_v1_dot_common__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=specdec_dot_v1_dot_common__pb2.ServiceUsage.FromString,
+                _registered_method=True)
 
 
 class DraftServicer:
@@ -55,6 +61,13 @@ class DraftServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """Memory held by this service: process resident memory and draft KV caches, now and at their peak.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DraftServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +75,11 @@ def add_DraftServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=specdec_dot_v1_dot_draft__pb2.DraftRequest.FromString,
                     response_serializer=specdec_dot_v1_dot_draft__pb2.DraftResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=specdec_dot_v1_dot_common__pb2.GetUsageRequest.FromString,
+                    response_serializer=specdec_dot_v1_dot_common__pb2.ServiceUsage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +110,33 @@ class Draft:
             '/specdec.v1.Draft/Session',
             specdec_dot_v1_dot_draft__pb2.DraftRequest.SerializeToString,
             specdec_dot_v1_dot_draft__pb2.DraftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specdec.v1.Draft/GetUsage',
+            specdec_dot_v1_dot_common__pb2.GetUsageRequest.SerializeToString,
+            specdec_dot_v1_dot_common__pb2.ServiceUsage.FromString,
             options,
             channel_credentials,
             insecure,

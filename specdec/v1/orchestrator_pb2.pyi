@@ -158,3 +158,9 @@ class GenerateStreamResponse(_message.Message):
     delta: TokenDelta
     done: GenerateResponse
     def __init__(self, delta: _Optional[_Union[TokenDelta, _Mapping]] = ..., done: _Optional[_Union[GenerateResponse, _Mapping]] = ...) -> None: ...
+
+class DeploymentUsage(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[_common_pb2.ServiceUsage]
+    def __init__(self, services: _Optional[_Iterable[_Union[_common_pb2.ServiceUsage, _Mapping]]] = ...) -> None: ...

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from specdec.v1 import common_pb2 as specdec_dot_v1_dot_common__pb2
 from specdec.v1 import orchestrator_pb2 as specdec_dot_v1_dot_orchestrator__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -46,6 +47,11 @@ class OrchestratorStub:
                 request_serializer=specdec_dot_v1_dot_orchestrator__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=specdec_dot_v1_dot_orchestrator__pb2.GenerateStreamResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/specdec.v1.Orchestrator/GetUsage',
+                request_serializer=specdec_dot_v1_dot_common__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=specdec_dot_v1_dot_orchestrator__pb2.DeploymentUsage.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServicer:
@@ -67,6 +73,14 @@ class OrchestratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """Memory held by the deployment: the orchestrator's own usage and that of the verifier and the draft
+        service it talks to (a service that does not answer is left out). `reset_peaks` is passed on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +93,11 @@ def add_OrchestratorServicer_to_server(servicer, server):
                     servicer.GenerateStream,
                     request_deserializer=specdec_dot_v1_dot_orchestrator__pb2.GenerateRequest.FromString,
                     response_serializer=specdec_dot_v1_dot_orchestrator__pb2.GenerateStreamResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=specdec_dot_v1_dot_common__pb2.GetUsageRequest.FromString,
+                    response_serializer=specdec_dot_v1_dot_orchestrator__pb2.DeploymentUsage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +156,33 @@ class Orchestrator:
             '/specdec.v1.Orchestrator/GenerateStream',
             specdec_dot_v1_dot_orchestrator__pb2.GenerateRequest.SerializeToString,
             specdec_dot_v1_dot_orchestrator__pb2.GenerateStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specdec.v1.Orchestrator/GetUsage',
+            specdec_dot_v1_dot_common__pb2.GetUsageRequest.SerializeToString,
+            specdec_dot_v1_dot_orchestrator__pb2.DeploymentUsage.FromString,
             options,
             channel_credentials,
             insecure,

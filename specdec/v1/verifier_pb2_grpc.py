@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from specdec.v1 import common_pb2 as specdec_dot_v1_dot_common__pb2
 from specdec.v1 import verifier_pb2 as specdec_dot_v1_dot_verifier__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -45,6 +46,11 @@ class VerifierStub:
                 request_serializer=specdec_dot_v1_dot_verifier__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=specdec_dot_v1_dot_verifier__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/specdec.v1.Verifier/GetUsage',
+                request_serializer=specdec_dot_v1_dot_common__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=specdec_dot_v1_dot_common__pb2.ServiceUsage.FromString,
+                _registered_method=True)
 
 
 class VerifierServicer:
@@ -67,6 +73,13 @@ class VerifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """Memory held by this service: process resident memory and target KV caches, now and at their peak.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VerifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_VerifierServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=specdec_dot_v1_dot_verifier__pb2.GetModelInfoRequest.FromString,
                     response_serializer=specdec_dot_v1_dot_verifier__pb2.ModelInfo.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=specdec_dot_v1_dot_common__pb2.GetUsageRequest.FromString,
+                    response_serializer=specdec_dot_v1_dot_common__pb2.ServiceUsage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +154,33 @@ class Verifier:
             '/specdec.v1.Verifier/GetModelInfo',
             specdec_dot_v1_dot_verifier__pb2.GetModelInfoRequest.SerializeToString,
             specdec_dot_v1_dot_verifier__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specdec.v1.Verifier/GetUsage',
+            specdec_dot_v1_dot_common__pb2.GetUsageRequest.SerializeToString,
+            specdec_dot_v1_dot_common__pb2.ServiceUsage.FromString,
             options,
             channel_credentials,
             insecure,
