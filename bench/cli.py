@@ -218,6 +218,7 @@ async def _load(args: argparse.Namespace, cfg: Any, targets: dict[str, Any], sys
         )
         reports[method.label] = {**report.to_dict(), "peak_memory_mib": await _read_memory(target, memory_before)}
         print(f"\n## {method.label}\n{report.table()}")
+    print("\n" + load_comparison(reports))
     out.mkdir(parents=True, exist_ok=True)
     doc = {"benchmark": "specdec bench (load)", "system": system, "config": cfg.to_dict(), "load": reports}
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -226,6 +227,25 @@ async def _load(args: argparse.Namespace, cfg: Any, targets: dict[str, Any], sys
     write_config(out / "config.yaml", args, args._parser)
     print(f"wrote results.json, config.yaml in {out}", file=sys.stderr)
     return 0
+
+
+def load_comparison(reports: dict[str, dict[str, Any]]) -> str:
+    """One line per method under the same load, with its aggregate throughput as a ratio to target-only."""
+    base = reports.get("none", {}).get("output_tokens_per_second")
+    lines = [
+        "| method | req/s | tok/s (aggregate) | vs none | latency p50 / p95 s | errors |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for label, r in reports.items():
+        ratio = f"{r['output_tokens_per_second'] / base:.2f}x" if base else "—"
+        lat = r["latency"]
+        latency = f"{lat['p50']:.2f} / {lat['p95']:.2f}" if lat else "—"
+        errors = ", ".join(f"{k}: {v}" for k, v in r["errors_by_status"].items()) or "none"
+        lines.append(
+            f"| {label} | {r['requests_per_second']:.2f} | {r['output_tokens_per_second']:.1f} | {ratio} "
+            f"| {latency} | {errors} |"
+        )
+    return "\n".join(lines)
 
 
 async def _reset_memory(target: Any) -> bool:

@@ -154,6 +154,21 @@ async def test_a_running_deployment_over_grpc_and_in_load_mode(tiny_target: Path
         assert report["peak_memory_mib"]["verifier"]["peak_kv_cache_mib"] > 0
 
 
+def test_the_load_comparison_names_errors_and_ratios() -> None:
+    from specdec.bench.cli import load_comparison
+
+    latency = {"p50": 0.5, "p95": 0.9}
+    reports = {
+        "none": {"requests_per_second": 2.0, "output_tokens_per_second": 50.0, "latency": latency,
+                 "errors_by_status": {}},
+        "ngram k=4 fixed": {"requests_per_second": 3.0, "output_tokens_per_second": 100.0, "latency": latency,
+                            "errors_by_status": {"RESOURCE_EXHAUSTED": 2}},
+    }  # fmt: skip
+    text = load_comparison(reports)
+    assert "| ngram k=4 fixed | 3.00 | 100.0 | 2.00x | 0.50 / 0.90 | RESOURCE_EXHAUSTED: 2 |" in text
+    assert "| none | 2.00 | 50.0 | 1.00x |" in text
+
+
 async def test_an_openai_compatible_server(tiny_target: Path, tmp_path: Path) -> None:
     """--openai-url on our own HTTP API: as configured (one "remote" row), and with the sweep's speculative
     options sent as extra body fields; token counts from `usage`."""
