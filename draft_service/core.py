@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from specdec.draft_service.drafts import Drafter, ModelDrafter, NgramDrafter, Proposal
 from specdec.draftspec import DraftSpec, parse_draft
-from specdec.errors import FailedPrecondition, InvalidArgument
+from specdec.errors import FailedPrecondition, InvalidArgument, OutOfRange
+from specdec.limits import MAX_BLOCK_TOKENS, MAX_NGRAM_SEQUENCE
 from specdec.modeling import LoadedModel, canonical_name, load_model
 from specdec.sampling import SamplingConfig
 
@@ -30,14 +31,24 @@ class DraftOptions:
 class DraftSession:
     """One sequence: the committed tokens both services agree on, and the drafter proposing after them."""
 
-    def __init__(self, spec: DraftSpec, drafter: Drafter, prompt: list[int], vocab_size: int = 0) -> None:
+    def __init__(
+        self, spec: DraftSpec, drafter: Drafter, prompt: list[int], vocab_size: int = 0, max_length: int = 0
+    ) -> None:
         if not prompt:
             raise InvalidArgument("prompt_token_ids must contain at least one token")
         self.spec = spec
         self.drafter = drafter
         self.vocab_size = vocab_size  # 0: not checked (an n-gram draft never embeds tokens)
+        self.max_length = max_length or MAX_NGRAM_SEQUENCE  # the longest sequence this draft can hold
         self._check_ids(prompt, "prompt_token_ids")
+        self._check_length(len(prompt), "prompt_token_ids")
         self.committed = list(prompt)
+
+    def _check_length(self, length: int, field_name: str) -> None:
+        if length > self.max_length:
+            raise OutOfRange(
+                f"{field_name} would make the sequence {length} tokens long; the draft's context is {self.max_length}"
+            )
 
     def _check_ids(self, ids: list[int], field_name: str) -> None:
         if self.vocab_size and any(not 0 <= t < self.vocab_size for t in ids):
@@ -45,6 +56,10 @@ class DraftSession:
             raise InvalidArgument(f"{field_name} has ids outside the vocabulary [0, {self.vocab_size}): {bad}")
 
     def propose(self, position: int, max_tokens: int, min_confidence: float = 0.0) -> Iterator[Proposal]:
+        if not 1 <= max_tokens <= MAX_BLOCK_TOKENS:
+            raise OutOfRange(f"propose.max_tokens must be in [1, {MAX_BLOCK_TOKENS}], got {max_tokens}")
+        if not 0.0 <= min_confidence <= 1.0:  # NaN fails too
+            raise OutOfRange(f"propose.min_confidence must be in [0, 1], got {min_confidence}")
         if position != len(self.committed):
             raise FailedPrecondition(
                 f"propose position {position} does not match the committed length {len(self.committed)}"
@@ -55,7 +70,10 @@ class DraftSession:
         """Tokens committed from `position` on; anything the draft assumed after it is dropped."""
         if position > len(self.committed):
             raise FailedPrecondition(f"commit position {position} is past the committed length {len(self.committed)}")
+        if not token_ids:
+            raise InvalidArgument("commit.token_ids must contain at least one token")
         self._check_ids(token_ids, "commit.token_ids")
+        self._check_length(position + len(token_ids), "commit.token_ids")
         del self.committed[position:]
         self.committed.extend(token_ids)
 
@@ -96,16 +114,17 @@ class DraftCore:
         spec = parse_draft(options.draft)
         drafter: Drafter
         vocab_size = options.target_vocab_size
+        max_length = 0
         if spec.kind == "ngram":
             drafter = NgramDrafter(spec.ngram_max)
         elif spec.kind == "model":
             lm = self.model(spec.model)
             self._check_vocabulary(lm, options)
             drafter = ModelDrafter(lm, options.sampling)
-            vocab_size = lm.vocab_size
+            vocab_size, max_length = lm.vocab_size, lm.max_context
         else:
             raise InvalidArgument("draft 'none' needs no draft session")
-        session = DraftSession(spec, drafter, options.prompt_token_ids, vocab_size)
+        session = DraftSession(spec, drafter, options.prompt_token_ids, vocab_size, max_length)
         self.sessions.add(session)
         return session
 
@@ -115,15 +134,15 @@ class DraftCore:
 
     @staticmethod
     def _check_vocabulary(lm: LoadedModel, options: DraftOptions) -> None:
-        target = options.target_name or "the target"
+        target = f"target model {options.target_name}" if options.target_name else "the target"
         if options.target_fingerprint and lm.fingerprint != options.target_fingerprint:
             raise FailedPrecondition(
-                f"draft model {lm.name} has a different vocabulary from target model {target} "
+                f"draft model {lm.name} has a different vocabulary from {target} "
                 f"(fingerprints {lm.fingerprint} vs {options.target_fingerprint}); "
                 "a draft must share the target's tokenizer"
             )
         if options.target_vocab_size and lm.vocab_size != options.target_vocab_size:
             raise FailedPrecondition(
-                f"draft model {lm.name} has {lm.vocab_size} output tokens but target model {target} has "
+                f"draft model {lm.name} has {lm.vocab_size} output tokens (vocabulary) but {target} has "
                 f"{options.target_vocab_size}"
             )

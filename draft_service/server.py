@@ -11,7 +11,9 @@ import grpc
 from specdec import service
 from specdec.draft_service.core import DraftCore, DraftOptions, DraftSession
 from specdec.draft_service.drafts import Proposal
-from specdec.errors import FailedPrecondition, SpecdecError
+from specdec.errors import FailedPrecondition, InvalidArgument, SpecdecError
+from specdec.idle import expiring
+from specdec.limits import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, SessionCapacity
 from specdec.metrics import ModelServiceMetrics
 from specdec.usage import UsageTracker
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
@@ -30,8 +32,15 @@ def _next_batch(proposals: Iterator[Proposal], incremental: bool) -> list[Propos
 
 
 class DraftServicer(draft_pb2_grpc.DraftServicer):
-    def __init__(self, core: DraftCore) -> None:
+    def __init__(
+        self,
+        core: DraftCore,
+        session_ttl_s: float | None = DEFAULT_SESSION_TTL_S,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+    ) -> None:
         self.core = core
+        self.session_ttl_s = session_ttl_s
+        self.capacity = SessionCapacity("draft service", max_sessions, lambda: core.live_sessions)
         self.worker = service.ModelWorker("draft-model")
         self.metrics = ModelServiceMetrics(UsageTracker("draft", core.kv_cache_bytes, lambda: core.live_sessions))
 
@@ -51,12 +60,15 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
         failed_commit: SpecdecError | None = None
         encoding = 0
         try:
-            async for request in request_iterator:
+            async for request in expiring(request_iterator, self.session_ttl_s, "draft"):
                 kind = request.WhichOneof("kind")
+                if kind is None:
+                    raise InvalidArgument("a DraftRequest must set `open`, `propose` or `commit`")
                 if kind == "open":
                     if session is not None:
                         raise FailedPrecondition("the session is already open")
-                    session = await opened.open(_options_from_pb(request.open))
+                    with self.capacity.reserve():  # refused at once when full, before queueing for the model
+                        session = await opened.open(_options_from_pb(request.open))
                     encoding = request.open.probs_encoding
                     yield draft_pb2.DraftResponse(
                         opened=draft_pb2.DraftSessionOpened(
@@ -77,8 +89,6 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
                         # Commits are not answered: keep the stream open and fail the next propose, so the
                         # client reads this status instead of a send failure on its next write.
                         failed_commit = failed_commit or exc
-                else:
-                    raise FailedPrecondition("a request must set `open`, `propose` or `commit`")
         except Exception as exc:
             await service.abort_with(context, exc)
         finally:
@@ -112,6 +122,9 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
 
 
 def _options_from_pb(msg: draft_pb2.OpenDraftSession) -> DraftOptions:
+    if msg.probs_encoding not in common_pb2.ProbsEncoding.values():
+        names = ", ".join(common_pb2.ProbsEncoding.keys())
+        raise InvalidArgument(f"probs_encoding must be one of {names}; got {msg.probs_encoding}")
     return DraftOptions(
         prompt_token_ids=list(msg.prompt_token_ids),
         draft=msg.draft,
@@ -128,9 +141,10 @@ async def serve(
     host: str = "127.0.0.1",
     preload: list[str] | None = None,
     metrics_port: int | None = None,
+    security: service.Security | None = None,
 ) -> service.RunningServer:
     """Start a draft service; `preload` model ids/paths are loaded before it reports SERVING; with
-    `metrics_port`, Prometheus metrics too (see `.metrics_port`)."""
+    `metrics_port`, Prometheus metrics too (see `.metrics_port`); `security`: token and TLS (default open)."""
     servicer = DraftServicer(core)
     for name in preload or []:
         await servicer.worker.run(core.model, name)
@@ -141,4 +155,5 @@ async def serve(
         port,
         host,
         metrics_port,
+        security,
     )

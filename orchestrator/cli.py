@@ -20,6 +20,7 @@ from specdec.bench.cli import add_bench_parser, apply_config, run_bench
 from specdec.draftspec import SYNTAX as DRAFT_SYNTAX
 from specdec.errors import SpecdecError
 from specdec.orchestrator.k_control import CONTROLLERS
+from specdec.security import Security, SecurityConfigError, read_token_file
 from specdec.v1 import orchestrator_pb2
 
 log = logging.getLogger("specdec")
@@ -68,6 +69,79 @@ def _add_http_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_security_flags(p: argparse.ArgumentParser, server: bool, client: bool) -> None:
+    """Token and TLS flags (each with a SPECDEC_* env); `server`: what this process requires of its callers,
+    `client`: what it presents to the servers it calls (the orchestrator is both)."""
+    does = "require (and send)" if server and client else "require" if server else "send"
+    p.add_argument(
+        "--auth-token",
+        default=_env("AUTH_TOKEN", ""),
+        help=f"{does} this bearer token on every gRPC call but health checks (env SPECDEC_AUTH_TOKEN)",
+    )
+    p.add_argument(
+        "--auth-token-file",
+        default=_env("AUTH_TOKEN_FILE", ""),
+        help="read the token from this file, which keeps it out of `ps` (env SPECDEC_AUTH_TOKEN_FILE)",
+    )
+    if server:
+        p.add_argument(
+            "--tls-cert", default=_env("TLS_CERT", ""), help="serve TLS: certificate chain, PEM (env SPECDEC_TLS_CERT)"
+        )
+        p.add_argument(
+            "--tls-key", default=_env("TLS_KEY", ""), help="the certificate's private key, PEM (env SPECDEC_TLS_KEY)"
+        )
+    verify = {
+        (True, False): "require client certificates signed by this CA (mutual TLS)",
+        (False, True): "verify the server's certificate against this CA (default: the system's roots)",
+        (True, True): "require client certificates signed by this CA (mutual TLS) and verify the verifier's and "
+        "draft service's certificates against it",
+    }[(server, client)]
+    p.add_argument("--tls-ca", default=_env("TLS_CA", ""), help=f"{verify}, PEM (env SPECDEC_TLS_CA)")
+    if client:
+        p.add_argument(
+            "--tls-client-cert",
+            default=_env("TLS_CLIENT_CERT", ""),
+            help="for mutual TLS: the certificate to present"
+            + (" (default: --tls-cert)" if server else "")
+            + ", PEM (env SPECDEC_TLS_CLIENT_CERT)",
+        )
+        p.add_argument(
+            "--tls-client-key", default=_env("TLS_CLIENT_KEY", ""), help="its private key (env SPECDEC_TLS_CLIENT_KEY)"
+        )
+        p.add_argument(
+            "--tls-server-name",
+            default=_env("TLS_SERVER_NAME", ""),
+            help="verify server certificates against this name, not the address's host (env SPECDEC_TLS_SERVER_NAME)",
+        )
+        p.add_argument(
+            "--tls",
+            action="store_true",
+            default=_env("TLS", "").lower() in ("1", "true", "yes"),
+            help="connect with TLS even without certificate flags (env SPECDEC_TLS=1)",
+        )
+
+
+def _security(args: argparse.Namespace) -> Security:
+    """The security flags as one config; its files are read now so that a bad path fails at start-up."""
+    token = args.auth_token
+    if args.auth_token_file:
+        if token:
+            raise SecurityConfigError("give --auth-token or --auth-token-file (or their env variables), not both")
+        token = read_token_file(args.auth_token_file)
+    security = Security(
+        auth_token=token,
+        tls_cert=getattr(args, "tls_cert", ""),
+        tls_key=getattr(args, "tls_key", ""),
+        tls_ca=args.tls_ca,
+        tls_client_cert=getattr(args, "tls_client_cert", ""),
+        tls_client_key=getattr(args, "tls_client_key", ""),
+        tls_server_name=getattr(args, "tls_server_name", ""),
+        tls=getattr(args, "tls", False),
+    )
+    security.check_files()
+    return security
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specdec", description="Lossless speculative decoding over gRPC.")
     parser.add_argument("--version", action="version", version=f"specdec {__version__}")
@@ -84,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_flags(verifier)
     _add_metrics_flag(verifier, "")
+    _add_security_flags(verifier, server=True, client=False)
 
     draft = serve.add_parser("draft", help="draft models and n-gram lookup")
     _add_listen_flags(draft, 50052)
@@ -95,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_flags(draft)
     _add_metrics_flag(draft, "")
+    _add_security_flags(draft, server=True, client=False)
 
     orch = serve.add_parser("orchestrator", help="the public API")
     _add_listen_flags(orch, 50050)
@@ -105,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     orch.add_argument("--default-k-controller", default=_env("DEFAULT_K_CONTROLLER", "cost"), choices=CONTROLLERS)
     _add_http_flag(orch)
     _add_metrics_flag(orch, "")
+    _add_security_flags(orch, server=True, client=True)
 
     everything = serve.add_parser("all", help="verifier, draft and orchestrator in one process")
     _add_listen_flags(everything, 50050)
@@ -112,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics_flag(everything, " (the orchestrator's; the verifier's on the next, the draft's on the one after)")
     everything.add_argument("--target", default=_env("TARGET", ""), help="HF id or path (env SPECDEC_TARGET)")
     _add_model_flags(everything)
+    _add_security_flags(everything, server=True, client=True)
 
     gen = commands.add_parser("generate", help="generate text with speculative decoding")
     gen.add_argument("--prompt", required=True, help="raw prompt text (like OpenAI completions)")
@@ -155,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--target", default=_env("TARGET", ""), help="embedded mode: HF id or path of the target")
     _add_model_flags(gen)
+    _add_security_flags(gen, server=False, client=True)  # with --orchestrator
     add_bench_parser(commands, _add_model_flags)
     return parser
 
@@ -189,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecdecError as exc:  # e.g. a target that cannot be loaded in embedded mode
         print(f"error: {exc.code.name}: {exc}", file=sys.stderr)
         return 1
+    except SecurityConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 
@@ -201,6 +283,7 @@ async def _serve(args: argparse.Namespace) -> None:
     from specdec.orchestrator.server import serve as serve_orchestrator
     from specdec.verifier_service.server import serve as serve_verifier
 
+    security = _security(args)
     if args.service == "all":
         from specdec.orchestrator.embedded import EmbeddedStack
 
@@ -212,6 +295,7 @@ async def _serve(args: argparse.Namespace) -> None:
             port=args.port,
             host=args.host,
             metrics_port=args.metrics_port,
+            security=security,
         )
         async with stack:
             _announce(args, stack.servers[-1])
@@ -222,11 +306,16 @@ async def _serve(args: argparse.Namespace) -> None:
         return
     if args.service == "verifier":
         lm = await asyncio.to_thread(load_model, args.target, args.device, args.dtype)
-        running = await serve_verifier(lm, args.port, args.host, metrics_port=args.metrics_port)
+        running = await serve_verifier(lm, args.port, args.host, metrics_port=args.metrics_port, security=security)
     elif args.service == "draft":
         preload = [p.removeprefix("model:") for p in args.preload]
         running = await serve_draft(
-            DraftCore(args.device, args.dtype), args.port, args.host, preload, metrics_port=args.metrics_port
+            DraftCore(args.device, args.dtype),
+            args.port,
+            args.host,
+            preload,
+            metrics_port=args.metrics_port,
+            security=security,
         )
     else:
         if not args.verifier_addr:
@@ -242,6 +331,7 @@ async def _serve(args: argparse.Namespace) -> None:
             limits,
             http_port=args.http_port,
             metrics_port=args.metrics_port,
+            security=security,
         )
     _announce(args, running)
     await _wait_for_signal()
@@ -298,7 +388,7 @@ async def _generate(args: argparse.Namespace) -> int:
         request["prompt"] = args.prompt
 
     if args.orchestrator:
-        async with SpecdecClient(args.orchestrator) as client:
+        async with SpecdecClient(args.orchestrator, _security(args)) as client:
             response = await client.generate(**request)
     else:
         from specdec.orchestrator.embedded import EmbeddedStack

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
@@ -65,11 +66,18 @@ def build_request(
 
 
 class SpecdecClient:
-    """`async with SpecdecClient("host:port") as client: response = await client.generate("Hi")`."""
+    """`async with SpecdecClient("host:port") as client: response = await client.generate("Hi")`.
 
-    def __init__(self, address: str) -> None:
+    `security` (or just `auth_token`) when the server requires a token or speaks TLS: e.g.
+    `SpecdecClient(address, Security(auth_token=token, tls_ca="ca.pem"))`.
+    """
+
+    def __init__(self, address: str, security: service.Security | None = None, *, auth_token: str = "") -> None:
         self.address = address
-        self.channel = service.insecure_channel(address)
+        security = security or service.Security()
+        if auth_token:
+            security = dataclasses.replace(security, auth_token=auth_token)
+        self.channel = service.channel(address, security)
         self.stub = orchestrator_pb2_grpc.OrchestratorStub(self.channel)
 
     async def __aenter__(self) -> SpecdecClient:

@@ -22,12 +22,14 @@ from specdec import service
 from specdec.draftspec import DraftSpec, parse_draft
 from specdec.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from specdec.modeling import canonical_name, chat_prompt_ids, is_default_model
+from specdec.orchestrator.admission import Admission
 from specdec.orchestrator.cost_model import CostPriors
+from specdec.orchestrator.failover import GuardedDraft
 from specdec.orchestrator.k_control import make_controller
 from specdec.orchestrator.loop import Delta, LoopStats, OnDelta, SampleResult, SampleSpec, run_sample
 from specdec.orchestrator.metrics import OrchestratorMetrics
 from specdec.orchestrator.streams import DraftStream, VerifierStream
-from specdec.policies import LOSSY_POLICIES, resolve_policy, resolve_policy_params
+from specdec.policies import LOSSY_POLICIES, policy_params_for, resolve_policy, resolve_policy_params
 from specdec.sampling import SamplingConfig, derive_seed
 from specdec.usage import UsageTracker
 from specdec.v1 import common_pb2, draft_pb2_grpc, orchestrator_pb2, verifier_pb2, verifier_pb2_grpc
@@ -49,6 +51,12 @@ class Limits:
     max_new_tokens: int = 4096
     max_num_samples: int = 64
     samples_in_flight: int = 8  # concurrent sessions per request
+    max_concurrent_requests: int = 64  # requests generating at once; more wait in the queue
+    max_queued_requests: int = 256  # requests waiting for a slot; beyond it, RESOURCE_EXHAUSTED at once
+    draft_timeout_s: float = 10.0  # a propose slower than this fails the draft over to target-only decoding
+    draft_open_timeout_s: float = 300.0  # opening a model draft may load its weights first
+    max_stop_strings: int = 16
+    max_stop_chars: int = 256  # per stop string
 
 
 @dataclass
@@ -85,6 +93,7 @@ class GenerationRequest:
     draft_min_confidence: float = 0.0
     model: str = ""
     probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED
+    deadline: float | None = None  # time.monotonic() by which the client wants the answer (gRPC deadline)
 
 
 @dataclass
@@ -116,19 +125,26 @@ class GenerationResult:
 
 
 class OrchestratorCore:
-    def __init__(self, verifier_address: str, draft_address: str | None, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        verifier_address: str,
+        draft_address: str | None,
+        limits: Limits | None = None,
+        security: service.Security | None = None,
+    ) -> None:
         self.limits = limits or Limits()
         self.verifier_address = verifier_address
         self.draft_address = draft_address
-        self._verifier_channel = service.insecure_channel(verifier_address)
+        self._verifier_channel = service.channel(verifier_address, security)
         self._verifier = verifier_pb2_grpc.VerifierStub(self._verifier_channel)
-        self._draft_channel = service.insecure_channel(draft_address) if draft_address else None
+        self._draft_channel = service.channel(draft_address, security) if draft_address else None
         self._draft = draft_pb2_grpc.DraftStub(self._draft_channel) if self._draft_channel else None
         self._target: TargetInfo | None = None
         self._target_lock = asyncio.Lock()
         self._cost_priors: dict[tuple[object, ...], CostPriors] = {}  # per draft, policy and sampling
         self.metrics = OrchestratorMetrics()
         self.live_requests = 0
+        self.admission = Admission(self.limits.max_concurrent_requests, self.limits.max_queued_requests)
         self.usage_tracker = UsageTracker("orchestrator", lambda: 0, lambda: self.live_requests)
         if draft_address is None:  # without a draft service the only possible default is target-only
             self.limits.default_draft = "none"
@@ -177,7 +193,8 @@ class OrchestratorCore:
         self.metrics.live_requests.inc()
         self.live_requests += 1
         try:
-            result = await self._generate(request, on_delta)
+            async with self.admission:
+                result = await self._generate(request, on_delta)
         except BaseException as exc:
             self.metrics.record_error(exc)
             raise
@@ -195,7 +212,7 @@ class OrchestratorCore:
 
         async def one(spec: SampleSpec) -> SampleResult:
             async with limiter:
-                return await self._run_one(spec, target, on_delta)
+                return await self._run_one(spec, target, on_delta, request.deadline)
 
         tasks = [asyncio.ensure_future(one(s)) for s in specs]
         try:
@@ -241,13 +258,24 @@ class OrchestratorCore:
         finally:
             task.cancel()
 
-    async def _run_one(self, spec: SampleSpec, target: TargetInfo, on_delta: OnDelta | None) -> SampleResult:
-        verifier = VerifierStream(self._verifier)
-        draft = DraftStream(self._draft) if self._draft is not None and spec.draft.kind != "none" else None
+    async def _run_one(
+        self, spec: SampleSpec, target: TargetInfo, on_delta: OnDelta | None, deadline: float | None
+    ) -> SampleResult:
+        """One completion over its own session streams. The client's remaining time goes downstream as the
+        streams' deadline; a failure or cancellation cancels both streams at once (the services free their
+        sessions when a stream ends), a normal end half-closes them."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        verifier = VerifierStream(self._verifier, timeout)
+        stream = DraftStream(self._draft, timeout) if self._draft is not None and spec.draft.kind != "none" else None
+        draft = GuardedDraft(stream, self.limits.draft_open_timeout_s, self.limits.draft_timeout_s)
         try:
-            return await run_sample(spec, verifier, draft, target.tokenizer, on_delta)
-        finally:
-            await asyncio.gather(verifier.close(), *([draft.close()] if draft else []))
+            result = await run_sample(spec, verifier, draft, target.tokenizer, on_delta)
+        except BaseException:
+            verifier.cancel()
+            draft.cancel()
+            raise
+        await asyncio.gather(verifier.close(), draft.close())
+        return result
 
     def _plan(self, request: GenerationRequest, target: TargetInfo) -> tuple[list[SampleSpec], int]:
         """Validate the request against the target and limits; one SampleSpec per completion."""
@@ -264,6 +292,7 @@ class OrchestratorCore:
             raise OutOfRange(f"max_new_tokens must be in [1, {limits.max_new_tokens}], got {max_new}")
         if len(prompt_ids) >= target.max_context:
             raise OutOfRange(f"prompt has {len(prompt_ids)} tokens; the target's context is {target.max_context}")
+        self._check_stop(request.stop)
         num_samples = request.num_samples or 1
         if not 0 < num_samples <= limits.max_num_samples:
             raise OutOfRange(f"num_samples must be in [1, {limits.max_num_samples}], got {num_samples}")
@@ -288,7 +317,7 @@ class OrchestratorCore:
         if draft.kind == "none":
             k = 0
         seed = request.seed if request.seed is not None else secrets.randbits(63)
-        policy_params = resolve_policy_params(request.policy_params)
+        policy_params = policy_params_for(policy, resolve_policy_params(request.policy_params, policy, base))
         specs = [
             SampleSpec(
                 index=i,
@@ -331,6 +360,14 @@ class OrchestratorCore:
         if policy in LOSSY_POLICIES or (seed is not None and draft.kind == "model" and not sampling.greedy):
             return "fixed"
         return self.limits.default_k_controller
+
+    def _check_stop(self, stop: list[str]) -> None:
+        limits = self.limits
+        if len(stop) > limits.max_stop_strings:
+            raise InvalidArgument(f"stop has {len(stop)} strings; at most {limits.max_stop_strings} are allowed")
+        for i, text in enumerate(stop):
+            if not 0 < len(text) <= limits.max_stop_chars:
+                raise InvalidArgument(f"stop[{i}] must have 1 to {limits.max_stop_chars} characters, got {len(text)}")
 
     @staticmethod
     def _prompt_ids(request: GenerationRequest, target: TargetInfo) -> list[int]:

@@ -32,6 +32,7 @@ class EmbeddedStack:
     port: int = 0  # the public gRPC API's port (the verifier and draft always take free loopback ports)
     host: str = "127.0.0.1"  # where the public APIs listen
     metrics_port: int | None = None  # Prometheus: orchestrator on it, verifier +1, draft +2 (0: free ports)
+    security: service.Security | None = None  # token and TLS of all three services and the channels between them
     servers: list[service.RunningServer] = field(default_factory=list)
 
     @property
@@ -61,11 +62,15 @@ class EmbeddedStack:
         return self.metrics_port + offset if self.metrics_port else 0
 
     async def _start(self, lm: LoadedModel) -> None:
-        verifier = await serve_verifier(lm, host="127.0.0.1", metrics_port=self._metrics_port(1))
+        verifier = await serve_verifier(
+            lm, host="127.0.0.1", metrics_port=self._metrics_port(1), security=self.security
+        )
         self.servers.append(verifier)
         draft_core = DraftCore(self.device, self.dtype)
         draft_core.register(lm)  # a model draft naming the target reuses its weights
-        draft = await serve_draft(draft_core, preload=self.preload, metrics_port=self._metrics_port(2))
+        draft = await serve_draft(
+            draft_core, preload=self.preload, metrics_port=self._metrics_port(2), security=self.security
+        )
         self.servers.append(draft)
         orchestrator = await serve_orchestrator(
             f"127.0.0.1:{verifier.port}",
@@ -75,6 +80,7 @@ class EmbeddedStack:
             limits=self.limits,
             http_port=self.http_port,
             metrics_port=self._metrics_port(0),
+            security=self.security,
         )
         self.servers.append(orchestrator)
 

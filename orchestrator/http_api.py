@@ -5,11 +5,13 @@ POST /v1/completions, POST /v1/chat/completions (both with `stream` as server-se
 under `specdec` (standard clients ignore it). Speculative options come from the server's defaults or from
 extra body fields: `draft`, `k`, `policy`, `top_k`. As in OpenAI's API, `temperature` defaults to 1.
 Errors use OpenAI's JSON error shape with the HTTP status mapped from the same validation as gRPC.
+With an auth token, every route but GET /health needs `Authorization: Bearer <token>` (else 401).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import secrets
 import socket
@@ -134,10 +136,12 @@ def specdec_stats(result: GenerationResult) -> dict[str, Any]:
 
 
 class OpenAIApi:
-    """Request handlers; one instance per orchestrator core."""
+    """Request handlers; one instance per orchestrator core. With `auth_token`, every route but /health
+    answers 401 unless the request carries it (the same token as the gRPC API)."""
 
-    def __init__(self, core: OrchestratorCore) -> None:
+    def __init__(self, core: OrchestratorCore, auth_token: str = "") -> None:
         self.core = core
+        self._expected = f"Bearer {auth_token}".encode() if auth_token else None
 
     def app(self) -> Starlette:
         return Starlette(
@@ -149,15 +153,32 @@ class OpenAIApi:
             ]
         )
 
-    @staticmethod
-    def _guard(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def _guard(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
+            refusal = self._unauthorized(request)
+            if refusal is not None:
+                return refusal
             try:
                 return await handler(request)
             except Exception as exc:
                 return error_from_exception(exc)
 
         return guarded
+
+    def _unauthorized(self, request: Request) -> Response | None:
+        """None when no token is configured or the request carries it (compared in constant time)."""
+        if self._expected is None:
+            return None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            message = "this server requires an API key: send `Authorization: Bearer <token>`"
+        elif hmac.compare_digest(f"Bearer {token.strip()}".encode(), self._expected):
+            return None
+        else:
+            message = "invalid API key"
+        response = error_response(401, message)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -313,12 +334,15 @@ class HttpServer:
         await self.task
 
 
-async def serve_http(core: OrchestratorCore, port: int = 0, host: str = "127.0.0.1") -> HttpServer:
-    """Serve the OpenAI-compatible API on this event loop; `port=0` binds a free port."""
+async def serve_http(
+    core: OrchestratorCore, port: int = 0, host: str = "127.0.0.1", auth_token: str = ""
+) -> HttpServer:
+    """Serve the OpenAI-compatible API on this event loop; `port=0` binds a free port; with `auth_token`,
+    every route but /health requires it."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    config = uvicorn.Config(OpenAIApi(core).app(), log_level="warning", lifespan="off")
+    config = uvicorn.Config(OpenAIApi(core, auth_token).app(), log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     while not server.started and not task.done():

@@ -13,8 +13,9 @@ from typing import Any
 
 from specdec.draftspec import DraftSpec
 from specdec.orchestrator.cost_model import CostPriors
+from specdec.orchestrator.failover import GuardedDraft
 from specdec.orchestrator.k_control import KController, StepObservation, make_controller
-from specdec.orchestrator.streams import DraftBlock, DraftStream, VerifierStream
+from specdec.orchestrator.streams import DraftBlock, VerifierStream
 from specdec.orchestrator.text import OutputText
 from specdec.sampling import SamplingConfig
 from specdec.v1 import common_pb2, draft_pb2, verifier_pb2
@@ -54,6 +55,7 @@ class LoopStats:
     drafted_per_position: list[int] = field(default_factory=list)  # [i]: steps that verified a draft at i
     accepted_per_position: list[int] = field(default_factory=list)  # [i]: steps that accepted the draft at i
     deliveries: list[float] = field(default_factory=list)  # perf_counter() of each step that emitted tokens
+    draft_failure: str = ""  # why the draft failed over to target-only decoding, if it did
 
     def record(self, step: StepObservation, committed: int) -> None:
         self.steps += 1
@@ -106,6 +108,7 @@ class LoopStats:
         _add_elementwise(self.drafted_per_position, other.drafted_per_position)
         _add_elementwise(self.accepted_per_position, other.accepted_per_position)
         self.deliveries = sorted(self.deliveries + other.deliveries)
+        self.draft_failure = self.draft_failure or other.draft_failure
 
 
 @dataclass
@@ -181,7 +184,7 @@ def finish_check(
     return kept, ""
 
 
-async def open_sessions(spec: SampleSpec, verifier: VerifierStream, draft: DraftStream | None) -> float:
+async def open_sessions(spec: SampleSpec, verifier: VerifierStream, draft: GuardedDraft) -> float:
     """Open the verifier session (prefill) and the draft session concurrently; returns the prefill time."""
     sampling = sampling_to_pb(spec.sampling)
     opening: list[Coroutine[Any, Any, Any]] = [
@@ -196,7 +199,7 @@ async def open_sessions(spec: SampleSpec, verifier: VerifierStream, draft: Draft
             )
         )
     ]
-    if draft is not None:
+    if draft.stream is not None:
         opening.append(
             draft.open(
                 draft_pb2.OpenDraftSession(
@@ -228,31 +231,34 @@ class UnsentCommit:
             self.position = position
         self.tokens.extend(tokens)
 
-    async def send(self, draft: DraftStream) -> None:
-        if self.tokens:
-            await draft.commit(self.position, self.tokens)  # the draft rolls back to the same prefix
-            self.tokens = []
+    def take(self) -> tuple[int, list[int]] | None:
+        """(position, tokens) to send with the next draft call, or None; they count as sent from now on."""
+        if not self.tokens:
+            return None
+        pending, self.tokens = (self.position, self.tokens), []
+        return pending
 
 
 async def speculative_step(
-    spec: SampleSpec, position: int, step: int, k: int, verifier: VerifierStream, draft: DraftStream | None,
+    spec: SampleSpec, position: int, step: int, k: int, verifier: VerifierStream, draft: GuardedDraft,
     stats: LoopStats, controller: KController, unsent: UnsentCommit,
 ) -> tuple[verifier_pb2.Verdict, StepObservation]:  # fmt: skip
     """Propose up to k tokens from committed length `position`, let the controller trim the proposal,
-    verify the rest in one pass, record the timings."""
+    verify the rest in one pass, record the timings. A draft that fails over leaves an empty block."""
     block = verified = DraftBlock()
     draft_network_ms = 0.0
-    if draft is not None and k > 0:
-        await unsent.send(draft)
-        block = await draft.propose(position, step, k, spec.draft_min_confidence)
-        draft_network_ms = max(0.0, block.round_trip_ms - block.draft_ms)
-        verified = block.truncated(controller.trim(block.tokens, block.match_length, position))
+    if draft.stream is not None and k > 0:
+        proposal = await draft.propose(unsent.take(), position, step, k, spec.draft_min_confidence)
+        if proposal is not None:
+            block = proposal
+            draft_network_ms = max(0.0, block.round_trip_ms - block.draft_ms)
+            verified = block.truncated(controller.trim(block.tokens, block.match_length, position))
     proposed = len(block.tokens)
     timed = await verifier.verify(position, step, verified.tokens, verified.probs)
     verdict = timed.verdict
     compute_ms = verdict.forward_ms + verdict.accept_ms
     observation = StepObservation(
-        k=k if draft is not None else 0,
+        k=k if draft.stream is not None else 0,
         proposed=proposed,
         drafted=len(verified.tokens),
         accepted=verdict.num_accepted,
@@ -271,7 +277,7 @@ async def speculative_step(
 async def run_sample(
     spec: SampleSpec,
     verifier: VerifierStream,
-    draft: DraftStream | None,
+    draft: GuardedDraft,
     tokenizer: Any,
     on_delta: OnDelta | None = None,
 ) -> SampleResult:
@@ -306,8 +312,9 @@ async def run_sample(
             stats.deliveries.append(time.perf_counter())
         if on_delta is not None and (kept or finish):
             await on_delta(Delta(spec.index, kept, delta_text, step_logprobs, finish))
-        if draft is not None:
+        if draft.stream is not None:
             unsent.add(position, committed)
         position += len(committed)
+    stats.draft_failure = draft.failure
 
     return SampleResult(spec.index, text.tokens, text.emitted, finish, logprobs, stats)

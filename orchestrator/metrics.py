@@ -56,6 +56,12 @@ class OrchestratorMetrics:
             buckets=LATENCY_BUCKETS,
         )
         self.live_requests = Gauge("specdec:live_requests", "Requests in progress.", registry=r)
+        self.draft_failovers = Counter(
+            "specdec:draft_failovers",
+            "Completions whose draft service failed (died, timed out, was full) and that finished target-only.",
+            LABELS,
+            registry=r,
+        )
 
     def record(self, samples: list[SampleResult], draft: str, policy: str, started_at: float) -> None:
         """One finished request: every completion's steps and deliveries."""
@@ -69,6 +75,8 @@ class OrchestratorMetrics:
             for position, accepted in enumerate(s.accepted_per_position):
                 self.accepted_per_pos.labels(*labels, str(position)).inc(accepted)
             self.generation_tokens.labels(*labels).inc(len(sample.token_ids))
+            if s.draft_failure:
+                self.draft_failovers.labels(*labels).inc()
             if s.deliveries:
                 self.ttft.labels(*labels).observe(s.deliveries[0] - started_at)
             for before, after in zip(s.deliveries, s.deliveries[1:], strict=False):

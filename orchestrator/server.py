@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -42,6 +43,17 @@ def request_from_pb(msg: orchestrator_pb2.GenerateRequest) -> GenerationRequest:
     )
 
 
+def request_with_deadline(
+    msg: orchestrator_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+) -> GenerationRequest:
+    """The request, with the client's deadline (if it set one) to pass on to the verifier and draft."""
+    request = request_from_pb(msg)
+    remaining = context.time_remaining()
+    if remaining is not None:
+        request.deadline = time.monotonic() + remaining
+    return request
+
+
 def result_to_pb(result: GenerationResult) -> orchestrator_pb2.GenerateResponse:
     s = result.stats
     generated = result.generated_tokens
@@ -65,6 +77,7 @@ def result_to_pb(result: GenerationResult) -> orchestrator_pb2.GenerateResponse:
         acceptance_per_position=s.acceptance_per_position,
         k_histogram=s.k_histogram(),
         mean_k=s.draft_tokens / s.steps if s.steps else 0.0,
+        draft_failure=s.draft_failure,
     )
     return orchestrator_pb2.GenerateResponse(
         completions=[
@@ -115,7 +128,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         self, request: orchestrator_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> orchestrator_pb2.GenerateResponse:
         try:
-            return result_to_pb(await self.core.generate(request_from_pb(request)))
+            return result_to_pb(await self.core.generate(request_with_deadline(request, context)))
         except Exception as exc:
             await service.abort_with(context, exc)
 
@@ -128,7 +141,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         self, request: orchestrator_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[orchestrator_pb2.GenerateStreamResponse]:
         try:
-            async with aclosing(self.core.generate_stream(request_from_pb(request))) as stream:
+            async with aclosing(self.core.generate_stream(request_with_deadline(request, context))) as stream:
                 async for item in stream:
                     if isinstance(item, Delta):
                         yield delta_to_pb(item)
@@ -146,13 +159,16 @@ async def serve(
     limits: Limits | None = None,
     http_port: int | None = None,
     metrics_port: int | None = None,
+    security: service.Security | None = None,
 ) -> service.RunningServer:
     """Start the public gRPC API (`port=0` binds a free port, see `.port`) and, with `http_port`, the
     OpenAI-compatible HTTP API on the same core (see `.servicer.http.port`); with `metrics_port`, Prometheus
-    metrics (see `.metrics_port`)."""
-    servicer = OrchestratorServicer(OrchestratorCore(verifier_address, draft_address, limits))
+    metrics (see `.metrics_port`). `security` applies to both public APIs (the HTTP one: its token only) and
+    to the channels to the verifier and the draft service."""
+    servicer = OrchestratorServicer(OrchestratorCore(verifier_address, draft_address, limits, security))
     if http_port is not None:
-        servicer.http = await serve_http(servicer.core, http_port, host)
+        token = security.auth_token if security is not None else ""
+        servicer.http = await serve_http(servicer.core, http_port, host, auth_token=token)
     return await service.start(
         [SERVICE_NAME],
         lambda server: orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(servicer, server),
@@ -160,4 +176,5 @@ async def serve(
         port,
         host,
         metrics_port,
+        security,
     )

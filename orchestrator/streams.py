@@ -66,8 +66,9 @@ class TimedVerdict:
 
 
 class VerifierStream(_SessionStream):
-    def __init__(self, stub: verifier_pb2_grpc.VerifierStub, metadata: tuple = ()) -> None:
-        super().__init__(stub.Session(metadata=metadata), "verifier")
+    def __init__(self, stub: verifier_pb2_grpc.VerifierStub, timeout: float | None = None) -> None:
+        """`timeout`: the request's remaining time, so the verifier stops work when the client's deadline passes."""
+        super().__init__(stub.Session(timeout=timeout), "verifier")
 
     async def open(self, request: verifier_pb2.OpenVerifierSession) -> verifier_pb2.VerifierSessionOpened:
         await self._write(verifier_pb2.VerifierRequest(open=request))
@@ -103,8 +104,8 @@ class DraftBlock:
 
 
 class DraftStream(_SessionStream):
-    def __init__(self, stub: draft_pb2_grpc.DraftStub, metadata: tuple = ()) -> None:
-        super().__init__(stub.Session(metadata=metadata), "draft service")
+    def __init__(self, stub: draft_pb2_grpc.DraftStub, timeout: float | None = None) -> None:
+        super().__init__(stub.Session(timeout=timeout), "draft service")
 
     async def open(self, request: draft_pb2.OpenDraftSession) -> draft_pb2.DraftSessionOpened:
         await self._write(draft_pb2.DraftRequest(open=request))

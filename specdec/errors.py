@@ -29,3 +29,13 @@ class FailedPrecondition(SpecdecError):
 
 class Unavailable(SpecdecError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(SpecdecError):
+    """A configured capacity (sessions, queued requests) is full: refused at once, never queued beyond it."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(SpecdecError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

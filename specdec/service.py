@@ -15,8 +15,10 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from specdec import security as sec
 from specdec.errors import SpecdecError
 from specdec.metrics import MetricsEndpoint, serve_metrics
+from specdec.security import Security
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,12 +33,27 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def create_server() -> grpc.aio.Server:
-    return grpc.aio.server(options=CHANNEL_OPTIONS)
+def create_server(security: Security | None = None) -> grpc.aio.Server:
+    """A server; with an auth token, every call but health checks must carry it."""
+    interceptors = sec.server_interceptors(security or Security())
+    return grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=interceptors or None)
 
 
 def insecure_channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def channel(address: str, security: Security | None = None) -> grpc.aio.Channel:
+    """Every outgoing channel: TLS (and mutual TLS) when configured, the bearer token on every call."""
+    security = security or Security()
+    if security.client_tls:
+        credentials = sec.channel_credentials(security)
+        return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS + sec.channel_options(security))
+    if security.auth_token:
+        return grpc.aio.insecure_channel(
+            address, options=CHANNEL_OPTIONS, interceptors=sec.token_interceptors(security.auth_token)
+        )
+    return insecure_channel(address)
 
 
 def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
@@ -86,13 +103,15 @@ async def start(
     port: int,
     host: str,
     metrics_port: int | None = None,
+    security: Security | None = None,
 ) -> RunningServer:
     """Create, register, bind (port 0 = a free port), start and mark SERVING; with `metrics_port`, also
-    serve `servicer.metrics.registry` for Prometheus (0 = a free port)."""
-    server = create_server()
+    serve `servicer.metrics.registry` for Prometheus (0 = a free port); with `security`, require its token
+    and serve TLS (default: plaintext and open)."""
+    server = create_server(security)
     register(server)
     health_servicer = add_health_and_reflection(server, service_names)
-    bound = bind(server, host, port)
+    bound = bind(server, host, port, security)
     metrics = serve_metrics(servicer.metrics.registry, metrics_port, host) if metrics_port is not None else None
     try:
         await server.start()
@@ -104,9 +123,13 @@ async def start(
     return RunningServer(server, bound, health_servicer, service_names, servicer, metrics)
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> int:
-    """Bind an insecure port (0 = a free one) and return the port actually bound."""
-    bound = server.add_insecure_port(f"{host}:{port}")
+def bind(server: grpc.aio.Server, host: str, port: int, security: Security | None = None) -> int:
+    """Bind a port (0 = a free one), TLS when `security` has a certificate, and return the port bound."""
+    address = f"{host}:{port}"
+    if security is not None and security.server_tls:
+        bound = server.add_secure_port(address, sec.server_credentials(security))
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     return bound

@@ -15,6 +15,7 @@ import torch
 from specdec import kernels
 from specdec.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from specdec.kvcache import CachedSequence
+from specdec.limits import MAX_BLOCK_TOKENS
 from specdec.modeling import LoadedModel
 from specdec.policies import LOSSY_POLICIES, resolve_policy, resolve_policy_params
 from specdec.sampling import (
@@ -64,7 +65,7 @@ class VerifierSession:
         self.lm = lm
         self.options = options
         self.policy = resolve_policy(options.policy, options.sampling)
-        self.policy_params = resolve_policy_params(options.policy_params)
+        self.policy_params = resolve_policy_params(options.policy_params, self.policy, options.sampling)
         self.committed: list[int] = list(prompt)
         self.kv = CachedSequence(lm.model)
         self.generator = make_generator(options.sampling.seed, lm.device)  # reseeded for each position
@@ -160,6 +161,7 @@ class VerifierSession:
         return logp.gather(1, index).squeeze(1).tolist()
 
     def _check_block(self, position: int, tokens: list[int], probs: torch.Tensor | None) -> None:
+        check_block_size(len(tokens))
         if position != self.committed_length:
             raise FailedPrecondition(
                 f"block position {position} does not match the committed length {self.committed_length}"
@@ -179,6 +181,11 @@ class VerifierSession:
             q_of_draft = probs[torch.arange(len(tokens)), torch.tensor(tokens)]
             if bool((q_of_draft <= 0).any()):
                 raise InvalidArgument("draft_probs give probability 0 to a drafted token")
+
+
+def check_block_size(num_tokens: int) -> None:
+    if num_tokens > MAX_BLOCK_TOKENS:
+        raise OutOfRange(f"draft_token_ids has {num_tokens} tokens; a block holds at most {MAX_BLOCK_TOKENS}")
 
 
 def _check_token_ids(ids: list[int], vocab_size: int, field_name: str) -> None:

@@ -10,7 +10,9 @@ from pathlib import Path
 import grpc
 
 from specdec import service
-from specdec.errors import FailedPrecondition
+from specdec.errors import FailedPrecondition, InvalidArgument
+from specdec.idle import expiring
+from specdec.limits import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, SessionCapacity
 from specdec.metrics import ModelServiceMetrics
 from specdec.modeling import LoadedModel, load_model
 from specdec.usage import UsageTracker
@@ -22,6 +24,7 @@ from specdec.verifier_service.core import (
     VerifierCore,
     VerifierSession,
     VerifyOutcome,
+    check_block_size,
 )
 from specdec.wire import decode_distributions, policy_params_from_pb, sampling_from_pb
 
@@ -61,8 +64,15 @@ def verdict_to_pb(step: int, position: int, v: VerifyOutcome) -> verifier_pb2.Ve
 
 
 class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
-    def __init__(self, core: VerifierCore) -> None:
+    def __init__(
+        self,
+        core: VerifierCore,
+        session_ttl_s: float | None = DEFAULT_SESSION_TTL_S,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+    ) -> None:
         self.core = core
+        self.session_ttl_s = session_ttl_s
+        self.capacity = SessionCapacity("verifier", max_sessions, lambda: core.live_sessions)
         self.worker = service.ModelWorker("verifier-model")
         self.metrics = ModelServiceMetrics(UsageTracker("verifier", core.kv_cache_bytes, lambda: core.live_sessions))
         self._tokenizer_files: dict[str, bytes] | None = None
@@ -101,12 +111,15 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         session: VerifierSession | None = None
         opened = service.StreamSessions(self.worker, self.core.open_session, self.core.close_session)
         try:
-            async for request in request_iterator:
+            async for request in expiring(request_iterator, self.session_ttl_s, "verifier"):
                 kind = request.WhichOneof("kind")
+                if kind is None:
+                    raise InvalidArgument("a VerifierRequest must set `open` or `verify`")
                 if kind == "open":
                     if session is not None:
                         raise FailedPrecondition("the session is already open")
-                    session = await opened.open(_options_from_pb(request.open))
+                    with self.capacity.reserve():  # refused at once when full, before queueing for the model
+                        session = await opened.open(_options_from_pb(request.open))
                     self.metrics.observe_forward("prefill", session.prefill_ms)
                     yield verifier_pb2.VerifierResponse(
                         opened=verifier_pb2.VerifierSessionOpened(
@@ -120,12 +133,11 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                         raise FailedPrecondition("the first message of a session must be `open`")
                     block = request.verify
                     tokens = list(block.draft_token_ids)
+                    check_block_size(len(tokens))  # before decoding its probabilities
                     probs = decode_distributions(list(block.draft_probs), len(tokens), self.core.lm.vocab_size)
                     outcome = await self.worker.run(session.verify, block.position, tokens, probs)
                     self.metrics.observe_forward("verify", outcome.forward_ms)
                     yield verifier_pb2.VerifierResponse(verdict=verdict_to_pb(block.step, block.position, outcome))
-                else:
-                    raise FailedPrecondition("a request must set `open` or `verify`")
         except Exception as exc:
             await service.abort_with(context, exc)
         finally:
@@ -144,10 +156,14 @@ def _options_from_pb(msg: verifier_pb2.OpenVerifierSession) -> SessionOptions:
 
 
 async def serve(
-    lm: LoadedModel, port: int = 0, host: str = "127.0.0.1", metrics_port: int | None = None
+    lm: LoadedModel,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    metrics_port: int | None = None,
+    security: service.Security | None = None,
 ) -> service.RunningServer:
     """Start a verifier for an already loaded target; `port=0` binds a free port (see `.port`); with
-    `metrics_port`, Prometheus metrics too (see `.metrics_port`)."""
+    `metrics_port`, Prometheus metrics too (see `.metrics_port`); `security`: token and TLS (default open)."""
     servicer = VerifierServicer(VerifierCore(lm))
     return await service.start(
         [SERVICE_NAME],
@@ -156,6 +172,7 @@ async def serve(
         port,
         host,
         metrics_port,
+        security,
     )
 
 

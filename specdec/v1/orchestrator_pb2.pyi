@@ -74,7 +74,7 @@ class Completion(_message.Message):
     def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GenerationStats(_message.Message):
-    __slots__ = ("steps", "draft_tokens", "accepted_tokens", "acceptance_rate", "mean_accepted_length", "generated_tokens", "tokens_per_second", "wall_ms", "draft_ms", "verify_ms", "network_ms", "prefill_ms", "time_to_first_token_ms", "draft_calls", "drafted_per_position", "accepted_per_position", "acceptance_per_position", "k_histogram", "mean_k")
+    __slots__ = ("steps", "draft_tokens", "accepted_tokens", "acceptance_rate", "mean_accepted_length", "generated_tokens", "tokens_per_second", "wall_ms", "draft_ms", "verify_ms", "network_ms", "prefill_ms", "time_to_first_token_ms", "draft_calls", "drafted_per_position", "accepted_per_position", "acceptance_per_position", "k_histogram", "mean_k", "draft_failure")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class GenerationStats(_message.Message):
     ACCEPTANCE_PER_POSITION_FIELD_NUMBER: _ClassVar[int]
     K_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
     MEAN_K_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_FAILURE_FIELD_NUMBER: _ClassVar[int]
     steps: int
     draft_tokens: int
     accepted_tokens: int
@@ -113,7 +114,8 @@ class GenerationStats(_message.Message):
     acceptance_per_position: _containers.RepeatedScalarFieldContainer[float]
     k_histogram: _containers.RepeatedScalarFieldContainer[int]
     mean_k: float
-    def __init__(self, steps: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_accepted_length: _Optional[float] = ..., generated_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., wall_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., network_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ..., draft_calls: _Optional[int] = ..., drafted_per_position: _Optional[_Iterable[int]] = ..., accepted_per_position: _Optional[_Iterable[int]] = ..., acceptance_per_position: _Optional[_Iterable[float]] = ..., k_histogram: _Optional[_Iterable[int]] = ..., mean_k: _Optional[float] = ...) -> None: ...
+    draft_failure: str
+    def __init__(self, steps: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_accepted_length: _Optional[float] = ..., generated_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., wall_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., network_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ..., draft_calls: _Optional[int] = ..., drafted_per_position: _Optional[_Iterable[int]] = ..., accepted_per_position: _Optional[_Iterable[int]] = ..., acceptance_per_position: _Optional[_Iterable[float]] = ..., k_histogram: _Optional[_Iterable[int]] = ..., mean_k: _Optional[float] = ..., draft_failure: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("completions", "stats", "prompt_token_ids", "model", "draft", "k", "policy", "seed", "k_controller")

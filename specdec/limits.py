@@ -1,0 +1,40 @@
+"""Protocol-level limits every service enforces, so that one bad or hostile message cannot make a service
+allocate without bound. The orchestrator's own, configurable limits (K, tokens, samples) sit below these."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from specdec.errors import ResourceExhausted
+
+MAX_BLOCK_TOKENS = 64  # draft tokens in one propose / verify block
+MAX_NGRAM_SEQUENCE = 1 << 20  # tokens of one prompt-lookup session (a model draft is bounded by its context)
+DEFAULT_MAX_SESSIONS = 256  # open sessions per verifier / draft service (--max-sessions)
+DEFAULT_SESSION_TTL_S = 300.0  # a session stream idle this long is expired (--session-ttl)
+
+
+class SessionCapacity:
+    """A service's cap on open sessions. Opens are reserved on the event loop before they queue for the model
+    worker, so a service at its cap refuses at once instead of after waiting behind forward passes."""
+
+    def __init__(self, service: str, max_sessions: int, live_sessions: Callable[[], int]) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
+        self.service = service
+        self.max_sessions = max_sessions
+        self._live_sessions = live_sessions
+        self.opening = 0
+
+    @contextlib.contextmanager
+    def reserve(self) -> Iterator[None]:
+        held = self._live_sessions() + self.opening
+        if held >= self.max_sessions:
+            raise ResourceExhausted(
+                f"the {self.service} holds {held} sessions, its limit (--max-sessions {self.max_sessions}); retry later"
+            )
+        self.opening += 1
+        try:
+            yield
+        finally:
+            self.opening -= 1

@@ -1,0 +1,128 @@
+"""Fault injection for tests: a TCP proxy that delays or drops a peer's traffic, and a service run as a real
+process that can be killed (SIGKILL, no goodbye) and started again on the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+SPECDEC = [sys.executable, "-m", "specdec.orchestrator.cli"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+class DelayProxy:
+    """127.0.0.1:`port` -> 127.0.0.1:`target_port`, holding every chunk `delay_s` in both directions (a slow
+    network or a slow peer). `kill()` drops every connection and refuses new ones; `revive()` undoes it."""
+
+    def __init__(self, target_port: int, delay_s: float = 0.0) -> None:
+        self.target_port = target_port
+        self.delay_s = delay_s
+        self.dead = False
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> DelayProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.kill()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        self.dead = True
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def revive(self) -> None:
+        self.dead = False
+
+    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.dead:
+            client_writer.transport.abort()
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self._writers |= {client_writer, upstream_writer}
+        await asyncio.gather(
+            self._pipe(client_reader, upstream_writer),
+            self._pipe(upstream_reader, client_writer),
+            return_exceptions=True,
+        )
+        for writer in (client_writer, upstream_writer):
+            self._writers.discard(writer)
+            writer.transport.abort()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            if self.dead:
+                return
+            writer.write(data)
+            await writer.drain()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServiceProcess:
+    """`specdec serve SERVICE ARGS --port PORT` as a child process."""
+
+    def __init__(self, *args: str, port: int | None = None) -> None:
+        self.args = args
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ServiceProcess:
+        self.proc = subprocess.Popen(
+            [*SPECDEC, "serve", *self.args, "--port", str(self.port)], stdout=subprocess.PIPE, text=True, env=ENV
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # blocks until the service listens (it prints its address)
+        assert re.search(r"listening on \S+", line), f"unexpected first line: {line!r}"
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies mid-whatever, as a crash or an OOM kill would leave it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
+            self.kill()
