@@ -13,7 +13,7 @@ from specdec.draft_service.core import DraftCore, DraftOptions, DraftSession
 from specdec.draft_service.drafts import Proposal
 from specdec.errors import FailedPrecondition, InvalidArgument, SpecdecError
 from specdec.idle import expiring
-from specdec.limits import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, SessionCapacity
+from specdec.limits import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, ServiceLimits, SessionCapacity
 from specdec.metrics import ModelServiceMetrics
 from specdec.usage import UsageTracker
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
@@ -142,10 +142,13 @@ async def serve(
     preload: list[str] | None = None,
     metrics_port: int | None = None,
     security: service.Security | None = None,
+    limits: ServiceLimits | None = None,
 ) -> service.RunningServer:
     """Start a draft service; `preload` model ids/paths are loaded before it reports SERVING; with
-    `metrics_port`, Prometheus metrics too (see `.metrics_port`); `security`: token and TLS (default open)."""
-    servicer = DraftServicer(core)
+    `metrics_port`, Prometheus metrics too (see `.metrics_port`); `security`: token and TLS (default open);
+    `limits`: session cap and idle TTL."""
+    limits = limits or ServiceLimits()
+    servicer = DraftServicer(core, limits.session_ttl_s, limits.max_sessions)
     for name in preload or []:
         await servicer.worker.run(core.model, name)
     return await service.start(

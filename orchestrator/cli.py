@@ -19,6 +19,14 @@ from specdec import __version__
 from specdec.bench.cli import add_bench_parser, apply_config, run_bench
 from specdec.draftspec import SYNTAX as DRAFT_SYNTAX
 from specdec.errors import SpecdecError
+from specdec.limits import (
+    DEFAULT_DRAFT_TIMEOUT_S,
+    DEFAULT_MAX_CONCURRENT_REQUESTS,
+    DEFAULT_MAX_QUEUED_REQUESTS,
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_SESSION_TTL_S,
+    ServiceLimits,
+)
 from specdec.orchestrator.k_control import CONTROLLERS
 from specdec.security import Security, SecurityConfigError, read_token_file
 from specdec.v1 import orchestrator_pb2
@@ -66,6 +74,57 @@ def _add_http_flag(p: argparse.ArgumentParser) -> None:
         type=int,
         default=int(http) if http else None,
         help="also serve the OpenAI-compatible HTTP API on this port (0: a free one; env SPECDEC_HTTP_PORT)",
+    )
+
+
+def _add_session_limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-sessions",
+        type=int,
+        default=int(_env("MAX_SESSIONS", DEFAULT_MAX_SESSIONS)),
+        help="open sessions per verifier / draft service; beyond it RESOURCE_EXHAUSTED (env SPECDEC_MAX_SESSIONS)",
+    )
+    p.add_argument(
+        "--session-ttl",
+        type=float,
+        default=float(_env("SESSION_TTL", DEFAULT_SESSION_TTL_S)),
+        help="seconds a session may sit idle before it expires; 0: never (env SPECDEC_SESSION_TTL)",
+    )
+
+
+def _service_limits(args: argparse.Namespace) -> ServiceLimits:
+    return ServiceLimits(args.max_sessions, args.session_ttl or None)
+
+
+def _add_request_limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=int(_env("MAX_CONCURRENT_REQUESTS", DEFAULT_MAX_CONCURRENT_REQUESTS)),
+        help="requests generating at once (env SPECDEC_MAX_CONCURRENT_REQUESTS)",
+    )
+    p.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=int(_env("MAX_QUEUED_REQUESTS", DEFAULT_MAX_QUEUED_REQUESTS)),
+        help="requests waiting for a slot; beyond it RESOURCE_EXHAUSTED / HTTP 429 (env SPECDEC_MAX_QUEUED_REQUESTS)",
+    )
+    p.add_argument(
+        "--draft-timeout",
+        type=float,
+        default=float(_env("DRAFT_TIMEOUT", DEFAULT_DRAFT_TIMEOUT_S)),
+        help="seconds a draft proposal may take before the request goes on target-only (env SPECDEC_DRAFT_TIMEOUT)",
+    )
+
+
+def _limits(args: argparse.Namespace, **defaults: Any) -> Any:
+    from specdec.orchestrator.core import Limits
+
+    return Limits(
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_queued_requests=args.max_queued_requests,
+        draft_timeout_s=args.draft_timeout,
+        **defaults,
     )
 
 
@@ -158,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_flags(verifier)
     _add_metrics_flag(verifier, "")
+    _add_session_limit_flags(verifier)
     _add_security_flags(verifier, server=True, client=False)
 
     draft = serve.add_parser("draft", help="draft models and n-gram lookup")
@@ -170,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_flags(draft)
     _add_metrics_flag(draft, "")
+    _add_session_limit_flags(draft)
     _add_security_flags(draft, server=True, client=False)
 
     orch = serve.add_parser("orchestrator", help="the public API")
@@ -181,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     orch.add_argument("--default-k-controller", default=_env("DEFAULT_K_CONTROLLER", "cost"), choices=CONTROLLERS)
     _add_http_flag(orch)
     _add_metrics_flag(orch, "")
+    _add_request_limit_flags(orch)
     _add_security_flags(orch, server=True, client=True)
 
     everything = serve.add_parser("all", help="verifier, draft and orchestrator in one process")
@@ -189,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics_flag(everything, " (the orchestrator's; the verifier's on the next, the draft's on the one after)")
     everything.add_argument("--target", default=_env("TARGET", ""), help="HF id or path (env SPECDEC_TARGET)")
     _add_model_flags(everything)
+    _add_request_limit_flags(everything)
+    _add_session_limit_flags(everything)
     _add_security_flags(everything, server=True, client=True)
 
     gen = commands.add_parser("generate", help="generate text with speculative decoding")
@@ -279,7 +343,6 @@ async def _serve(args: argparse.Namespace) -> None:
     from specdec.draft_service.core import DraftCore
     from specdec.draft_service.server import serve as serve_draft
     from specdec.modeling import load_model
-    from specdec.orchestrator.core import Limits
     from specdec.orchestrator.server import serve as serve_orchestrator
     from specdec.verifier_service.server import serve as serve_verifier
 
@@ -296,6 +359,8 @@ async def _serve(args: argparse.Namespace) -> None:
             host=args.host,
             metrics_port=args.metrics_port,
             security=security,
+            limits=_limits(args),
+            service_limits=_service_limits(args),
         )
         async with stack:
             _announce(args, stack.servers[-1])
@@ -306,7 +371,9 @@ async def _serve(args: argparse.Namespace) -> None:
         return
     if args.service == "verifier":
         lm = await asyncio.to_thread(load_model, args.target, args.device, args.dtype)
-        running = await serve_verifier(lm, args.port, args.host, metrics_port=args.metrics_port, security=security)
+        running = await serve_verifier(
+            lm, args.port, args.host, args.metrics_port, security=security, limits=_service_limits(args)
+        )
     elif args.service == "draft":
         preload = [p.removeprefix("model:") for p in args.preload]
         running = await serve_draft(
@@ -316,12 +383,16 @@ async def _serve(args: argparse.Namespace) -> None:
             preload,
             metrics_port=args.metrics_port,
             security=security,
+            limits=_service_limits(args),
         )
     else:
         if not args.verifier_addr:
             raise SystemExit("serve orchestrator needs --verifier-addr (or SPECDEC_VERIFIER_ADDR)")
-        limits = Limits(
-            default_draft=args.default_draft, default_k=args.default_k, default_k_controller=args.default_k_controller
+        limits = _limits(
+            args,
+            default_draft=args.default_draft,
+            default_k=args.default_k,
+            default_k_controller=args.default_k_controller,
         )
         running = await serve_orchestrator(
             args.verifier_addr,

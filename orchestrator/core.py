@@ -21,6 +21,7 @@ from transformers import AutoTokenizer
 from specdec import service
 from specdec.draftspec import DraftSpec, parse_draft
 from specdec.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from specdec.limits import DEFAULT_DRAFT_TIMEOUT_S, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUED_REQUESTS
 from specdec.modeling import canonical_name, chat_prompt_ids, is_default_model
 from specdec.orchestrator.admission import Admission
 from specdec.orchestrator.cost_model import CostPriors
@@ -51,9 +52,9 @@ class Limits:
     max_new_tokens: int = 4096
     max_num_samples: int = 64
     samples_in_flight: int = 8  # concurrent sessions per request
-    max_concurrent_requests: int = 64  # requests generating at once; more wait in the queue
-    max_queued_requests: int = 256  # requests waiting for a slot; beyond it, RESOURCE_EXHAUSTED at once
-    draft_timeout_s: float = 10.0  # a propose slower than this fails the draft over to target-only decoding
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS  # generating at once; more wait in the queue
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS  # waiting for a slot; beyond it, RESOURCE_EXHAUSTED
+    draft_timeout_s: float = DEFAULT_DRAFT_TIMEOUT_S  # a slower propose fails the draft over to target-only
     draft_open_timeout_s: float = 300.0  # opening a model draft may load its weights first
     max_stop_strings: int = 16
     max_stop_chars: int = 256  # per stop string

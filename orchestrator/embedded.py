@@ -10,6 +10,7 @@ from types import TracebackType
 from specdec import service
 from specdec.draft_service.core import DraftCore
 from specdec.draft_service.server import serve as serve_draft
+from specdec.limits import ServiceLimits
 from specdec.modeling import LoadedModel, load_model
 from specdec.orchestrator.core import Limits
 from specdec.orchestrator.server import serve as serve_orchestrator
@@ -33,6 +34,7 @@ class EmbeddedStack:
     host: str = "127.0.0.1"  # where the public APIs listen
     metrics_port: int | None = None  # Prometheus: orchestrator on it, verifier +1, draft +2 (0: free ports)
     security: service.Security | None = None  # token and TLS of all three services and the channels between them
+    service_limits: ServiceLimits | None = None  # the verifier's and the draft service's session cap and TTL
     servers: list[service.RunningServer] = field(default_factory=list)
 
     @property
@@ -63,13 +65,17 @@ class EmbeddedStack:
 
     async def _start(self, lm: LoadedModel) -> None:
         verifier = await serve_verifier(
-            lm, host="127.0.0.1", metrics_port=self._metrics_port(1), security=self.security
+            lm, host="127.0.0.1", metrics_port=self._metrics_port(1), security=self.security, limits=self.service_limits
         )
         self.servers.append(verifier)
         draft_core = DraftCore(self.device, self.dtype)
         draft_core.register(lm)  # a model draft naming the target reuses its weights
         draft = await serve_draft(
-            draft_core, preload=self.preload, metrics_port=self._metrics_port(2), security=self.security
+            draft_core,
+            preload=self.preload,
+            metrics_port=self._metrics_port(2),
+            security=self.security,
+            limits=self.service_limits,
         )
         self.servers.append(draft)
         orchestrator = await serve_orchestrator(

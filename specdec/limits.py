@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from specdec.errors import ResourceExhausted
 
@@ -12,6 +13,17 @@ MAX_BLOCK_TOKENS = 64  # draft tokens in one propose / verify block
 MAX_NGRAM_SEQUENCE = 1 << 20  # tokens of one prompt-lookup session (a model draft is bounded by its context)
 DEFAULT_MAX_SESSIONS = 256  # open sessions per verifier / draft service (--max-sessions)
 DEFAULT_SESSION_TTL_S = 300.0  # a session stream idle this long is expired (--session-ttl)
+DEFAULT_MAX_CONCURRENT_REQUESTS = 64  # requests an orchestrator generates at once (--max-concurrent-requests)
+DEFAULT_MAX_QUEUED_REQUESTS = 256  # requests waiting for a slot; beyond it RESOURCE_EXHAUSTED (--max-queued-requests)
+DEFAULT_DRAFT_TIMEOUT_S = 10.0  # a propose slower than this fails the draft over to target-only (--draft-timeout)
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """What a verifier or draft service holds at most (`--max-sessions`, `--session-ttl`)."""
+
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    session_ttl_s: float | None = DEFAULT_SESSION_TTL_S  # None: idle sessions never expire
 
 
 class SessionCapacity:

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import assert_greedy_identical, hf_greedy, load
 
 SPECDEC = [sys.executable, "-m", "specdec.orchestrator.cli"]
@@ -106,3 +108,31 @@ def test_serve_all_with_the_openai_api(tiny_target: Path) -> None:
     assert 'specdec:generation_tokens_total{draft="ngram",policy="exact"} 5.0' in pages[0]  # the orchestrator
     assert 'specdec:forward_latency_seconds_count{kind="verify",service="verifier"}' in pages[1]
     assert 'specdec:live_sessions{service="draft"} 0.0' in pages[2]
+
+
+def test_overload_and_auth_through_the_official_openai_client(tiny_target: Path) -> None:
+    """`serve all` with one request slot, no queue and a token: a concurrent request gets HTTP 429 (openai's
+    RateLimitError) at once, a wrong key 401 (AuthenticationError); the server keeps serving."""
+    import asyncio
+
+    import openai
+
+    args = ["all", "--target", str(tiny_target), "--max-concurrent-requests", "1", "--max-queued-requests", "0"]
+    with serving(*args, "--auth-token", "s3cret", http=True) as base_url:
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base_url, api_key="wrong", max_retries=0).models.list()
+
+        async def burst() -> list[object]:
+            client = openai.AsyncOpenAI(base_url=base_url, api_key="s3cret", max_retries=0)
+            one = lambda: client.completions.create(  # noqa: E731
+                model=str(tiny_target), prompt="def add(a, b):", max_tokens=200, temperature=0
+            )
+            return await asyncio.gather(*(one() for _ in range(4)), return_exceptions=True)
+
+        outcomes = asyncio.run(burst())
+        refused = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
+        served = [o for o in outcomes if isinstance(o, openai.types.Completion)]
+        assert refused and served and len(refused) + len(served) == 4, outcomes
+        assert "max_concurrent_requests" in str(refused[0])
+        ok = openai.OpenAI(base_url=base_url, api_key="s3cret", max_retries=0)
+        assert ok.completions.create(model=str(tiny_target), prompt="x", max_tokens=3).usage.completion_tokens == 3

@@ -12,7 +12,7 @@ import grpc
 from specdec import service
 from specdec.errors import FailedPrecondition, InvalidArgument
 from specdec.idle import expiring
-from specdec.limits import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, SessionCapacity
+from specdec.limits import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, ServiceLimits, SessionCapacity
 from specdec.metrics import ModelServiceMetrics
 from specdec.modeling import LoadedModel, load_model
 from specdec.usage import UsageTracker
@@ -161,10 +161,13 @@ async def serve(
     host: str = "127.0.0.1",
     metrics_port: int | None = None,
     security: service.Security | None = None,
+    limits: ServiceLimits | None = None,
 ) -> service.RunningServer:
     """Start a verifier for an already loaded target; `port=0` binds a free port (see `.port`); with
-    `metrics_port`, Prometheus metrics too (see `.metrics_port`); `security`: token and TLS (default open)."""
-    servicer = VerifierServicer(VerifierCore(lm))
+    `metrics_port`, Prometheus metrics too (see `.metrics_port`); `security`: token and TLS (default open);
+    `limits`: session cap and idle TTL."""
+    limits = limits or ServiceLimits()
+    servicer = VerifierServicer(VerifierCore(lm), limits.session_ttl_s, limits.max_sessions)
     return await service.start(
         [SERVICE_NAME],
         lambda server: verifier_pb2_grpc.add_VerifierServicer_to_server(servicer, server),
