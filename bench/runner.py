@@ -167,8 +167,9 @@ def _peak_memory(these: list[Run]) -> dict[str, dict[str, float]]:
 def _predicted(server: list[dict[str, Any]], base: list[dict[str, Any]]) -> float | None:
     """S = E * t_target / (K * t_draft + t_verify + t_network) with alpha, K and the per-step times averaged
     over the runs, t_target the baseline's time per step."""
-    drafted = [s for s in server if s.get("draft_tokens") and s.get("steps")]
-    base = [b for b in base if b.get("steps")]
+    needed = ("steps", "draft_tokens", "accepted_tokens", "draft_ms", "verify_ms", "network_ms")
+    drafted = [s for s in server if all(k in s for k in needed) and s["draft_tokens"] and s["steps"]]
+    base = [b for b in base if all(k in b for k in needed) and b["steps"]]
     if not drafted or not base:
         return None
     steps = sum(s["steps"] for s in drafted)

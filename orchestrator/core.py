@@ -125,6 +125,33 @@ class GenerationResult:
         return 0.0 if first is None else (first - self.started_at) * 1e3
 
 
+def stats_to_pb(result: GenerationResult) -> orchestrator_pb2.GenerationStats:
+    """The request's GenerationStats, one definition for the gRPC and the HTTP API."""
+    s = result.stats
+    return orchestrator_pb2.GenerationStats(
+        steps=s.steps,
+        draft_tokens=s.draft_tokens,
+        accepted_tokens=s.accepted_tokens,
+        acceptance_rate=s.acceptance_rate,
+        mean_accepted_length=s.mean_accepted_length,
+        generated_tokens=result.generated_tokens,
+        tokens_per_second=result.tokens_per_second,
+        wall_ms=result.wall_ms,
+        draft_ms=s.draft_ms,
+        verify_ms=s.verify_ms,
+        network_ms=s.network_ms,
+        prefill_ms=s.prefill_ms,
+        time_to_first_token_ms=result.time_to_first_token_ms,
+        draft_calls=s.draft_calls,
+        drafted_per_position=s.drafted_per_position,
+        accepted_per_position=s.accepted_per_position,
+        acceptance_per_position=s.acceptance_per_position,
+        k_histogram=s.k_histogram(),
+        mean_k=s.draft_tokens / s.steps if s.steps else 0.0,
+        draft_failure=s.draft_failure,
+    )
+
+
 class OrchestratorCore:
     def __init__(
         self,

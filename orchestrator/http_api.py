@@ -23,13 +23,14 @@ from typing import Any
 
 import grpc
 import uvicorn
+from google.protobuf.json_format import MessageToDict
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from specdec.errors import InvalidArgument, SpecdecError
-from specdec.orchestrator.core import GenerationRequest, GenerationResult, OrchestratorCore
+from specdec.orchestrator.core import GenerationRequest, GenerationResult, OrchestratorCore, stats_to_pb
 from specdec.orchestrator.loop import Delta
 
 HTTP_STATUS = {
@@ -120,19 +121,12 @@ def usage(result: GenerationResult) -> dict[str, int]:
 
 
 def specdec_stats(result: GenerationResult) -> dict[str, Any]:
-    s = result.stats
-    return {
-        "draft": result.draft,
-        "k": result.k,
-        "policy": result.policy,
-        "seed": result.seed,
-        "steps": s.steps,
-        "draft_tokens": s.draft_tokens,
-        "accepted_tokens": s.accepted_tokens,
-        "acceptance_rate": s.acceptance_rate,
-        "mean_accepted_length": s.mean_accepted_length,
-        "tokens_per_second": result.tokens_per_second,
-    }
+    """What was run and every GenerationStats field, as the gRPC API reports them."""
+    stats = MessageToDict(
+        stats_to_pb(result), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    run = {"draft": result.draft, "k": result.k, "k_controller": result.k_controller, "policy": result.policy}
+    return {**run, "seed": result.seed, **stats}
 
 
 class OpenAIApi:

@@ -9,7 +9,7 @@ from contextlib import aclosing
 import grpc
 
 from specdec import service
-from specdec.orchestrator.core import GenerationRequest, GenerationResult, Limits, OrchestratorCore
+from specdec.orchestrator.core import GenerationRequest, GenerationResult, Limits, OrchestratorCore, stats_to_pb
 from specdec.orchestrator.http_api import HttpServer, serve_http
 from specdec.orchestrator.loop import Delta
 from specdec.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
@@ -55,30 +55,7 @@ def request_with_deadline(
 
 
 def result_to_pb(result: GenerationResult) -> orchestrator_pb2.GenerateResponse:
-    s = result.stats
-    generated = result.generated_tokens
-    stats = orchestrator_pb2.GenerationStats(
-        steps=s.steps,
-        draft_tokens=s.draft_tokens,
-        accepted_tokens=s.accepted_tokens,
-        acceptance_rate=s.acceptance_rate,
-        mean_accepted_length=s.mean_accepted_length,
-        generated_tokens=generated,
-        tokens_per_second=result.tokens_per_second,
-        wall_ms=result.wall_ms,
-        draft_ms=s.draft_ms,
-        verify_ms=s.verify_ms,
-        network_ms=s.network_ms,
-        prefill_ms=s.prefill_ms,
-        time_to_first_token_ms=result.time_to_first_token_ms,
-        draft_calls=s.draft_calls,
-        drafted_per_position=s.drafted_per_position,
-        accepted_per_position=s.accepted_per_position,
-        acceptance_per_position=s.acceptance_per_position,
-        k_histogram=s.k_histogram(),
-        mean_k=s.draft_tokens / s.steps if s.steps else 0.0,
-        draft_failure=s.draft_failure,
-    )
+    stats = stats_to_pb(result)
     return orchestrator_pb2.GenerateResponse(
         completions=[
             orchestrator_pb2.Completion(
