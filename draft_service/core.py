@@ -110,6 +110,15 @@ class DraftCore:
                 log.info("loaded draft model %s in %.1f s", key, time.perf_counter() - start)
             return self._models[key]
 
+    def warm_up(self, lm: LoadedModel) -> None:
+        """One short proposal with the model, so the first real session does not pay for lazy initialisation."""
+        eos = lm.eos_token_ids[0] if lm.eos_token_ids else 0
+        drafter = ModelDrafter(lm, SamplingConfig())
+        try:
+            list(drafter.propose([eos] * 4, 2, 0.0))
+        finally:
+            drafter.close()
+
     def open_session(self, options: DraftOptions) -> DraftSession:
         spec = parse_draft(options.draft)
         drafter: Drafter

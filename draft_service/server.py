@@ -144,14 +144,12 @@ async def serve(
     security: service.Security | None = None,
     limits: ServiceLimits | None = None,
 ) -> service.RunningServer:
-    """Start a draft service; `preload` model ids/paths are loaded before it reports SERVING; with
+    """Start a draft service; `preload` model ids/paths are loaded and warmed up before it reports SERVING; with
     `metrics_port`, Prometheus metrics too (see `.metrics_port`); `security`: token and TLS (default open);
     `limits`: session cap and idle TTL."""
     limits = limits or ServiceLimits()
     servicer = DraftServicer(core, limits.session_ttl_s, limits.max_sessions)
-    for name in preload or []:
-        await servicer.worker.run(core.model, name)
-    return await service.start(
+    running = await service.start(
         [SERVICE_NAME],
         lambda server: draft_pb2_grpc.add_DraftServicer_to_server(servicer, server),
         servicer,
@@ -159,4 +157,13 @@ async def serve(
         host,
         metrics_port,
         security,
+        serving=False,  # health says NOT_SERVING while the preloaded models load and warm up
     )
+    try:
+        for name in preload or []:
+            await servicer.worker.run(core.warm_up, await servicer.worker.run(core.model, name))
+    except BaseException:
+        await running.stop(0)
+        raise
+    await running.set_serving(True)
+    return running

@@ -344,7 +344,7 @@ async def _serve(args: argparse.Namespace) -> None:
     from specdec.draft_service.server import serve as serve_draft
     from specdec.modeling import load_model
     from specdec.orchestrator.server import serve as serve_orchestrator
-    from specdec.verifier_service.server import serve as serve_verifier
+    from specdec.verifier_service.server import serve_loading as serve_verifier_loading
 
     security = _security(args)
     if args.service == "all":
@@ -370,10 +370,14 @@ async def _serve(args: argparse.Namespace) -> None:
             await _wait_for_signal()
         return
     if args.service == "verifier":
-        lm = await asyncio.to_thread(load_model, args.target, args.device, args.dtype)
-        running = await serve_verifier(
-            lm, args.port, args.host, args.metrics_port, security=security, limits=_service_limits(args)
-        )
+        running = await serve_verifier_loading(
+            lambda: load_model(args.target, args.device, args.dtype),
+            args.port,
+            args.host,
+            args.metrics_port,
+            security=security,
+            limits=_service_limits(args),
+        )  # listening (NOT_SERVING) while the model loads and warms up; SERVING when this returns
     elif args.service == "draft":
         preload = [p.removeprefix("model:") for p in args.preload]
         running = await serve_draft(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Any
 
@@ -100,6 +100,6 @@ class SpecdecClient:
 
     async def generate_stream(
         self, prompt: str = "", **kwargs: Any
-    ) -> AsyncIterator[orchestrator_pb2.GenerateStreamResponse]:
+    ) -> AsyncGenerator[orchestrator_pb2.GenerateStreamResponse, None]:
         async for message in self.stub.GenerateStream(build_request(prompt, **kwargs)):
             yield message

@@ -35,6 +35,7 @@ class EmbeddedStack:
     metrics_port: int | None = None  # Prometheus: orchestrator on it, verifier +1, draft +2 (0: free ports)
     security: service.Security | None = None  # token and TLS of all three services and the channels between them
     service_limits: ServiceLimits | None = None  # the verifier's and the draft service's session cap and TTL
+    grace_s: float = 5.0  # on exit, in-flight requests get this long to finish (the orchestrator stops first)
     servers: list[service.RunningServer] = field(default_factory=list)
 
     @property
@@ -89,10 +90,12 @@ class EmbeddedStack:
             security=self.security,
         )
         self.servers.append(orchestrator)
+        if orchestrator.servicer.readiness is not None:  # its verifier is up: SERVING within moments
+            await asyncio.wait_for(asyncio.shield(orchestrator.servicer.readiness), 60)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         for server in reversed(self.servers):
-            await server.stop(grace=1.0)
+            await server.stop(grace=self.grace_s)
         self.servers.clear()

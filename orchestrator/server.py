@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -15,6 +16,7 @@ from specdec.orchestrator.loop import Delta
 from specdec.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from specdec.wire import policy_params_from_pb
 
+READINESS_TIMEOUT_S = 30.0  # one GetModelInfo (with the tokenizer files) while waiting to report SERVING
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
 
 
@@ -95,8 +97,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         self.core = core
         self.metrics = core.metrics
         self.http: HttpServer | None = None  # the OpenAI-compatible API on the same core, when enabled
+        self.readiness: asyncio.Task[None] | None = None  # flips health to SERVING once the verifier answers
 
     async def aclose(self) -> None:
+        if self.readiness is not None:
+            self.readiness.cancel()
         if self.http is not None:
             await self.http.stop()
         await self.core.close()
@@ -146,7 +151,7 @@ async def serve(
     if http_port is not None:
         token = security.auth_token if security is not None else ""
         servicer.http = await serve_http(servicer.core, http_port, host, auth_token=token)
-    return await service.start(
+    running = await service.start(
         [SERVICE_NAME],
         lambda server: orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(servicer, server),
         servicer,
@@ -154,4 +159,20 @@ async def serve(
         host,
         metrics_port,
         security,
+        serving=False,
     )
+    servicer.readiness = asyncio.create_task(_serving_once_the_verifier_answers(servicer.core, running))
+    return running
+
+
+async def _serving_once_the_verifier_answers(core: OrchestratorCore, running: service.RunningServer) -> None:
+    """Health stays NOT_SERVING until the verifier has described its model (the orchestrator needs its
+    tokenizer for every request); a verifier that is still loading is asked again every half second."""
+    while True:
+        try:
+            await asyncio.wait_for(core.target(), READINESS_TIMEOUT_S)
+        except (grpc.aio.AioRpcError, TimeoutError):
+            await asyncio.sleep(0.5)
+            continue
+        await running.set_serving(True)
+        return

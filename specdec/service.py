@@ -92,6 +92,9 @@ class RunningServer:
         assert self.metrics is not None, "start the server with metrics_port to serve metrics"
         return self.metrics.port
 
+    async def set_serving(self, serving: bool) -> None:
+        await set_serving(self.health, self.service_names, serving)
+
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful stop: report NOT_SERVING, let in-flight calls finish within `grace`, then stop."""
         await set_serving(self.health, self.service_names, False)
@@ -109,8 +112,10 @@ async def start(
     host: str,
     metrics_port: int | None = None,
     security: Security | None = None,
+    serving: bool = True,
 ) -> RunningServer:
-    """Create, register, bind (port 0 = a free port), start and mark SERVING; with `metrics_port`, also
+    """Create, register, bind (port 0 = a free port), start and mark SERVING (with `serving=False`, health
+    says NOT_SERVING until `set_serving(True)`: a service still loading its model); with `metrics_port`, also
     serve `servicer.metrics.registry` for Prometheus (0 = a free port); with `security`, require its token
     and serve TLS (default: plaintext and open)."""
     server = create_server(security)
@@ -124,7 +129,7 @@ async def start(
         if metrics is not None:
             metrics.stop()
         raise
-    await set_serving(health_servicer, service_names, True)
+    await set_serving(health_servicer, service_names, serving)
     return RunningServer(server, bound, health_servicer, service_names, servicer, metrics)
 
 

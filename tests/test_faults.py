@@ -26,7 +26,8 @@ from specdec.verifier_service.server import VerifierServicer
 from tests.faults import DelayProxy, ServiceProcess
 from tests.helpers import assert_greedy_identical, load
 
-PROMPT = "one two three four five one two three four five one two three"
+PROMPT = "def add(a, b):"  # the tiny target's greedy continuation runs to any length without EOS
+REPEATING = "one two three four five one two three four five one two three"  # prompt lookup finds matches
 LONG = 300  # tokens: long enough to still be generating when a fault is injected
 
 
@@ -49,6 +50,11 @@ async def start_verifier(lm: LoadedModel, **servicer_options: object) -> service
 
 def live(server: service.RunningServer) -> int:
     return int(server.servicer.core.live_sessions)
+
+
+def idle(*servers: service.RunningServer) -> bool:
+    """No session and no KV-cache byte left on any of the services."""
+    return all(live(s) == 0 and s.servicer.core.kv_cache_bytes() == 0 for s in servers)
 
 
 @pytest.fixture
@@ -90,7 +96,7 @@ async def test_a_killed_draft_fails_over_and_comes_back(lm: LoadedModel, tiny_ta
                 draft = await asyncio.to_thread(ServiceProcess("draft", port=draft.port).start)  # back, same port
 
                 async def drafting_again() -> bool:
-                    response = await client.generate(PROMPT, max_new_tokens=16, draft="ngram", k=4)
+                    response = await client.generate(REPEATING, max_new_tokens=16, draft="ngram", k=4)
                     return not response.stats.draft_failure and response.stats.draft_tokens > 0
 
                 await eventually(drafting_again)
@@ -201,7 +207,7 @@ async def test_more_clients_than_the_caps_allow(slow_stack, lm: LoadedModel) -> 
         prompt = list((await client.generate(PROMPT, max_new_tokens=1)).prompt_token_ids)
         for tokens in served:
             assert_greedy_identical(lm, prompt, tokens, expected)
-        await eventually(lambda: live(verifier) == 0 and live(draft) == 0)
+        await eventually(lambda: idle(verifier, draft))
     await orchestrator.stop(1.0)
 
 

@@ -216,6 +216,15 @@ class VerifierCore:
         self.sessions.add(session)
         return session
 
+    def warm_up(self) -> None:
+        """One prefill and one verify pass, so the first real request does not pay for lazy initialisation
+        (allocator growth, kernel selection, compilation on accelerators)."""
+        eos = self.lm.eos_token_ids[0] if self.lm.eos_token_ids else 0
+        session = VerifierSession(self.lm, SessionOptions(prompt_token_ids=[eos] * 4))
+        session.prefill()
+        session.verify(session.committed_length, [eos, eos], None)
+        session.kv.rollback(0)
+
     def close_session(self, session: VerifierSession) -> None:
         session.kv.rollback(0)
         self.sessions.discard(session)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
 
 from specdec import service
-from specdec.errors import FailedPrecondition, InvalidArgument
+from specdec.errors import FailedPrecondition, InvalidArgument, Unavailable
 from specdec.idle import expiring
 from specdec.limits import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, ServiceLimits, SessionCapacity
 from specdec.metrics import ModelServiceMetrics
@@ -64,18 +65,35 @@ def verdict_to_pb(step: int, position: int, v: VerifyOutcome) -> verifier_pb2.Ve
 
 
 class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
+    """`core` None: the model is still loading (health NOT_SERVING); calls get UNAVAILABLE until `set_core`."""
+
     def __init__(
         self,
-        core: VerifierCore,
+        core: VerifierCore | None,
         session_ttl_s: float | None = DEFAULT_SESSION_TTL_S,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> None:
-        self.core = core
+        self._core = core
         self.session_ttl_s = session_ttl_s
-        self.capacity = SessionCapacity("verifier", max_sessions, lambda: core.live_sessions)
+        self.capacity = SessionCapacity("verifier", max_sessions, self.live_sessions)
         self.worker = service.ModelWorker("verifier-model")
-        self.metrics = ModelServiceMetrics(UsageTracker("verifier", core.kv_cache_bytes, lambda: core.live_sessions))
+        self.metrics = ModelServiceMetrics(UsageTracker("verifier", self.kv_cache_bytes, self.live_sessions))
         self._tokenizer_files: dict[str, bytes] | None = None
+
+    @property
+    def core(self) -> VerifierCore:
+        if self._core is None:
+            raise Unavailable("the verifier is still loading its model; retry once its health check says SERVING")
+        return self._core
+
+    def set_core(self, core: VerifierCore) -> None:
+        self._core = core
+
+    def live_sessions(self) -> int:
+        return self._core.live_sessions if self._core is not None else 0
+
+    def kv_cache_bytes(self) -> int:
+        return self._core.kv_cache_bytes() if self._core is not None else 0
 
     async def aclose(self) -> None:
         self.worker.shutdown()
@@ -83,7 +101,10 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     async def GetModelInfo(
         self, request: verifier_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> verifier_pb2.ModelInfo:
-        lm = self.core.lm
+        try:
+            lm = self.core.lm
+        except Unavailable as exc:
+            await service.abort_with(context, exc)
         info = verifier_pb2.ModelInfo(
             name=lm.name,
             vocab_size=lm.vocab_size,
@@ -109,8 +130,10 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         self, request_iterator: AsyncIterator[verifier_pb2.VerifierRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[verifier_pb2.VerifierResponse]:
         session: VerifierSession | None = None
-        opened = service.StreamSessions(self.worker, self.core.open_session, self.core.close_session)
+        opened: service.StreamSessions[VerifierSession] | None = None
         try:
+            core = self.core
+            opened = service.StreamSessions(self.worker, core.open_session, core.close_session)
             async for request in expiring(request_iterator, self.session_ttl_s, "verifier"):
                 kind = request.WhichOneof("kind")
                 if kind is None:
@@ -134,14 +157,15 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                     block = request.verify
                     tokens = list(block.draft_token_ids)
                     check_block_size(len(tokens))  # before decoding its probabilities
-                    probs = decode_distributions(list(block.draft_probs), len(tokens), self.core.lm.vocab_size)
+                    probs = decode_distributions(list(block.draft_probs), len(tokens), core.lm.vocab_size)
                     outcome = await self.worker.run(session.verify, block.position, tokens, probs)
                     self.metrics.observe_forward("verify", outcome.forward_ms)
                     yield verifier_pb2.VerifierResponse(verdict=verdict_to_pb(block.step, block.position, outcome))
         except Exception as exc:
             await service.abort_with(context, exc)
         finally:
-            opened.close_all()
+            if opened is not None:
+                opened.close_all()
 
 
 def _options_from_pb(msg: verifier_pb2.OpenVerifierSession) -> SessionOptions:
@@ -177,6 +201,40 @@ async def serve(
         metrics_port,
         security,
     )
+
+
+async def serve_loading(
+    load: Callable[[], LoadedModel],
+    port: int = 0,
+    host: str = "127.0.0.1",
+    metrics_port: int | None = None,
+    security: service.Security | None = None,
+    limits: ServiceLimits | None = None,
+) -> service.RunningServer:
+    """Listen at once with health NOT_SERVING (so orchestrators and compose see a live but unready verifier),
+    load the model with `load()`, warm it up with one prefill and one verify pass, then report SERVING."""
+    limits = limits or ServiceLimits()
+    servicer = VerifierServicer(None, limits.session_ttl_s, limits.max_sessions)
+    running = await service.start(
+        [SERVICE_NAME],
+        lambda server: verifier_pb2_grpc.add_VerifierServicer_to_server(servicer, server),
+        servicer,
+        port,
+        host,
+        metrics_port,
+        security,
+        serving=False,
+    )
+    try:
+        lm = await asyncio.to_thread(load)
+        core = VerifierCore(lm)
+        await servicer.worker.run(core.warm_up)
+    except BaseException:
+        await running.stop(0)
+        raise
+    servicer.set_core(core)
+    await running.set_serving(True)
+    return running
 
 
 def load_target(target: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
