@@ -56,6 +56,7 @@ class Limits:
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS  # waiting for a slot; beyond it, RESOURCE_EXHAUSTED
     draft_timeout_s: float = DEFAULT_DRAFT_TIMEOUT_S  # a slower propose fails the draft over to target-only
     draft_open_timeout_s: float = 300.0  # opening a model draft may load its weights first
+    max_request_bytes: int = 8 * 1024 * 1024  # a larger GenerateRequest is refused with RESOURCE_EXHAUSTED
     max_stop_strings: int = 16
     max_stop_chars: int = 256  # per stop string
 

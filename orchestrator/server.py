@@ -160,6 +160,7 @@ async def serve(
         metrics_port,
         security,
         serving=False,
+        max_receive_bytes=servicer.core.limits.max_request_bytes,
     )
     servicer.readiness = asyncio.create_task(_serving_once_the_verifier_answers(servicer.core, running))
     return running

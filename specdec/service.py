@@ -38,10 +38,13 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def create_server(security: Security | None = None) -> grpc.aio.Server:
-    """A server; with an auth token, every call but health checks must carry it."""
+def create_server(security: Security | None = None, max_receive_bytes: int = MAX_MESSAGE_BYTES) -> grpc.aio.Server:
+    """A server; with an auth token, every call but health checks must carry it. A message larger than
+    `max_receive_bytes` is refused by gRPC itself with RESOURCE_EXHAUSTED (the call, not the server)."""
     interceptors = sec.server_interceptors(security or Security())
-    return grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=interceptors or None)
+    options = [o for o in CHANNEL_OPTIONS if o[0] != "grpc.max_receive_message_length"]  # one value per key
+    options.append(("grpc.max_receive_message_length", max_receive_bytes))
+    return grpc.aio.server(options=options, interceptors=interceptors or None)
 
 
 def insecure_channel(address: str) -> grpc.aio.Channel:
@@ -113,12 +116,13 @@ async def start(
     metrics_port: int | None = None,
     security: Security | None = None,
     serving: bool = True,
+    max_receive_bytes: int = MAX_MESSAGE_BYTES,
 ) -> RunningServer:
     """Create, register, bind (port 0 = a free port), start and mark SERVING (with `serving=False`, health
     says NOT_SERVING until `set_serving(True)`: a service still loading its model); with `metrics_port`, also
     serve `servicer.metrics.registry` for Prometheus (0 = a free port); with `security`, require its token
     and serve TLS (default: plaintext and open)."""
-    server = create_server(security)
+    server = create_server(security, max_receive_bytes)
     register(server)
     health_servicer = add_health_and_reflection(server, service_names)
     bound = bind(server, host, port, security)

@@ -107,3 +107,13 @@ async def test_verify_before_open_is_refused(tiny_stack) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call.read()
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_an_oversize_request_is_refused_and_the_server_keeps_serving(tiny_stack) -> None:
+    async with SpecdecClient(tiny_stack.address) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await client.generate(prompt="x" * (9 * 1024 * 1024), max_new_tokens=4)  # the limit is 8 MiB
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in (info.value.details() or "")
+        ok = await client.generate(prompt="def add(a, b):", max_new_tokens=4)
+        assert len(ok.completions[0].token_ids) == 4
