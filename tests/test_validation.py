@@ -264,22 +264,31 @@ async def expect_failure(open_call: Callable[[], Any], case: Case) -> None:
     assert case.field in (info.value.details() or ""), info.value.details()
 
 
+async def refuse_all(open_call: Callable[[], Any], cases: list[Case], good_session: Callable[[], Any]) -> None:
+    """Every case fails as expected, and after each a good session on the same server still works."""
+    failures = []
+    for case in cases:
+        try:
+            await expect_failure(open_call, case)
+        except (AssertionError, pytest.fail.Exception) as exc:
+            failures.append(f"{case.name}: {exc}")
+        await good_session()
+    assert not failures, "\n".join(failures)
+
+
 async def test_verifier_refuses(stack: EmbeddedStack) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.servers[0].port}") as channel:
         stub = verifier_pb2_grpc.VerifierStub(channel)
-        failures = []
-        for case in VERIFIER_CASES:
-            try:
-                await expect_failure(stub.Session, case)
-            except (AssertionError, pytest.fail.Exception) as exc:
-                failures.append(f"{case.name}: {exc}")
-            call = stub.Session()  # a good session on the same server afterwards
+
+        async def good_session() -> None:
+            call = stub.Session()
             await call.write(v_open())
             assert (await call.read()).opened.committed_length == len(PROMPT)
             await call.write(v_verify())
             assert (await call.read()).verdict.committed_length > len(PROMPT)
             await call.done_writing()
-        assert not failures, "\n".join(failures)
+
+        await refuse_all(stub.Session, VERIFIER_CASES, good_session)
     assert len(VERIFIER_CASES) >= 30
 
 
@@ -289,17 +298,14 @@ async def test_draft_service_refuses(
     cases = draft_cases(tiny_target, tiny_other_vocab, tmp_path / "missing")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.servers[1].port}") as channel:
         stub = draft_pb2_grpc.DraftStub(channel)
-        failures = []
-        for case in cases:
-            try:
-                await expect_failure(stub.Session, case)
-            except (AssertionError, pytest.fail.Exception) as exc:
-                failures.append(f"{case.name}: {exc}")
-            call = stub.Session()  # a good session on the same server afterwards
+
+        async def good_session() -> None:
+            call = stub.Session()
             await call.write(d_open())
             assert (await call.read()).opened.draft == "ngram"
             await call.write(d_propose())
             assert (await call.read()).chunk.last
             await call.done_writing()
-        assert not failures, "\n".join(failures)
-    assert len(cases) >= 29
+
+        await refuse_all(stub.Session, cases, good_session)
+    assert len(cases) >= 30

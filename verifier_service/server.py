@@ -192,15 +192,19 @@ async def serve(
     `limits`: session cap and idle TTL."""
     limits = limits or ServiceLimits()
     servicer = VerifierServicer(VerifierCore(lm), limits.session_ttl_s, limits.max_sessions)
-    return await service.start(
-        [SERVICE_NAME],
-        lambda server: verifier_pb2_grpc.add_VerifierServicer_to_server(servicer, server),
-        servicer,
-        port,
-        host,
-        metrics_port,
-        security,
-    )
+    return await _start(servicer, port, host, metrics_port, security, serving=True)
+
+
+async def _start(
+    servicer: VerifierServicer,
+    port: int,
+    host: str,
+    metrics_port: int | None,
+    security: service.Security | None,
+    serving: bool,
+) -> service.RunningServer:
+    register = lambda server: verifier_pb2_grpc.add_VerifierServicer_to_server(servicer, server)  # noqa: E731
+    return await service.start([SERVICE_NAME], register, servicer, port, host, metrics_port, security, serving)
 
 
 async def serve_loading(
@@ -215,16 +219,7 @@ async def serve_loading(
     load the model with `load()`, warm it up with one prefill and one verify pass, then report SERVING."""
     limits = limits or ServiceLimits()
     servicer = VerifierServicer(None, limits.session_ttl_s, limits.max_sessions)
-    running = await service.start(
-        [SERVICE_NAME],
-        lambda server: verifier_pb2_grpc.add_VerifierServicer_to_server(servicer, server),
-        servicer,
-        port,
-        host,
-        metrics_port,
-        security,
-        serving=False,
-    )
+    running = await _start(servicer, port, host, metrics_port, security, serving=False)
     try:
         lm = await asyncio.to_thread(load)
         core = VerifierCore(lm)
