@@ -24,7 +24,13 @@ def csv_of(kind: type) -> Callable[[str], list[Any]]:
     return parse
 
 
-def add_bench_parser(commands: Any, add_model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_bench_parser(
+    commands: Any,
+    add_model_flags: Callable[[argparse.ArgumentParser], None],
+    add_client_security_flags: Callable[[argparse.ArgumentParser], None] | None = None,
+    security_from_args: Callable[[argparse.Namespace], Any] | None = None,
+) -> None:
+    """The `bench` subcommand; the security hooks add `--auth-token`/TLS flags for `--orchestrator` targets."""
     bench = commands.add_parser(
         "bench",
         help="benchmark drafts, K, policies and controllers against target-only decoding and HF, interleaved",
@@ -64,7 +70,9 @@ def add_bench_parser(commands: Any, add_model_flags: Callable[[argparse.Argument
     out.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_flags(bench)
-    bench.set_defaults(_parser=bench)
+    if add_client_security_flags is not None:
+        add_client_security_flags(where)
+    bench.set_defaults(_parser=bench, _security=security_from_args)
 
 
 def apply_config(root: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace) -> Any:
@@ -146,7 +154,8 @@ async def _targets(args: argparse.Namespace, cfg: Any, stack: AsyncExitStack) ->
         address = (await stack.enter_async_context(services)).address
     else:
         system["orchestrator"] = address
-    client = await stack.enter_async_context(SpecdecClient(address))
+    security = args._security(args) if not embedded and getattr(args, "_security", None) else None
+    client = await stack.enter_async_context(SpecdecClient(address, security))
     targets["specdec"] = SpecdecTarget(client, lm if embedded else None)
     return targets, system
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-NOT_IN_FILE = {"help", "config", "command", "verbose", "_parser"}  # flags that make no sense in a sweep file
+# Flags that make no sense in a sweep file, or must not be written into one kept with the results (secrets).
+NOT_IN_FILE = {"help", "config", "command", "verbose", "_parser", "_security", "auth_token", "api_key"}
 
 
 def file_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

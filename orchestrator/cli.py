@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--target", default=_env("TARGET", ""), help="embedded mode: HF id or path of the target")
     _add_model_flags(gen)
     _add_security_flags(gen, server=False, client=True)  # with --orchestrator
-    add_bench_parser(commands, _add_model_flags)
+    add_bench_parser(commands, _add_model_flags, lambda p: _add_security_flags(p, server=False, client=True), _security)
     return parser
 
 

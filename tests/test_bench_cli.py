@@ -190,3 +190,22 @@ async def test_an_openai_compatible_server(tiny_target: Path, tmp_path: Path) ->
     assert [r["method"] for r in doc["summary"]] == ["none", "ngram k=2 fixed"]
     assert all(run["tokens"] == 6 for run in doc["runs"])  # from usage: max_tokens reached
     assert doc["summary"][1]["identical_to_baseline"]  # compared by text: no token ids over HTTP
+
+
+async def test_a_deployment_that_requires_a_token(tiny_target: Path, tmp_path: Path) -> None:
+    """--orchestrator with --auth-token; without it the run fails with UNAUTHENTICATED (exit 1), and the token
+    is never written into the config.yaml kept with the results."""
+    import asyncio
+
+    from specdec.orchestrator.embedded import EmbeddedStack
+    from specdec.security import Security
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "count", "prompt": "one two three one two three"}\n')
+    async with EmbeddedStack(target=str(tiny_target), device="cpu", security=Security(auth_token="s3cret")) as stack:
+        common = ["--orchestrator", stack.address, "--prompts", str(prompts), "--max-new-tokens", "4", "--no-plots"]
+        out = tmp_path / "ok"
+        assert await asyncio.to_thread(_bench, [*common, "--auth-token", "s3cret", "--out", str(out)]) == 0
+        assert await asyncio.to_thread(_bench, [*common, "--out", str(tmp_path / "refused")]) == 1
+    assert "s3cret" not in (out / "config.yaml").read_text()
+    assert json.loads((out / "results.json").read_text())["summary"][0]["runs"] == 1
