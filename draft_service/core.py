@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from specdec.draft_service.drafts import Drafter, ModelDrafter, NgramDrafter, Proposal
+from specdec.draft_service.suffix import SuffixCache, SuffixConfig, SuffixDrafter
 from specdec.draftspec import DraftSpec, parse_draft
 from specdec.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from specdec.limits import MAX_BLOCK_TOKENS, MAX_NGRAM_SEQUENCE
@@ -81,9 +82,11 @@ class DraftSession:
 class DraftCore:
     """Draft models are loaded on first use (or preloaded) and shared by all sessions."""
 
-    def __init__(self, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(self, device: str = "auto", dtype: str = "auto", suffix_config: SuffixConfig | None = None) -> None:
         self.device = device
         self.dtype = dtype
+        self.suffix_config = suffix_config or SuffixConfig()
+        self.suffix_caches: dict[str, SuffixCache] = {}  # by target vocabulary fingerprint
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         self.sessions: set[DraftSession] = set()
@@ -126,6 +129,9 @@ class DraftCore:
         max_length = 0
         if spec.kind == "ngram":
             drafter = NgramDrafter(spec.ngram_max)
+        elif spec.kind == "suffix":  # the shared tree is per vocabulary: token ids mean nothing across them
+            key = options.target_fingerprint or str(options.target_vocab_size)
+            drafter = SuffixDrafter(self.suffix_caches.setdefault(key, SuffixCache(self.suffix_config)))
         elif spec.kind == "model":
             lm = self.model(spec.model)
             self._check_vocabulary(lm, options)

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from specdec.errors import InvalidArgument
 
 DEFAULT_NGRAM_MAX = 3
-SYNTAX = "none, ngram, ngram:MAX (1-8) or model:ID_OR_PATH"
+SYNTAX = "none, ngram, ngram:MAX (1-8), suffix or model:ID_OR_PATH"
 
 
 @dataclass(frozen=True)
 class DraftSpec:
-    kind: str  # "none" | "ngram" | "model"
+    kind: str  # "none" | "ngram" | "suffix" | "model"
     model: str = ""  # for kind == "model": an HF id or a path
     ngram_max: int = DEFAULT_NGRAM_MAX  # for kind == "ngram": longest suffix n-gram to look up
 
@@ -27,8 +27,8 @@ class DraftSpec:
 
 def parse_draft(text: str) -> DraftSpec:
     kind, _, arg = text.strip().partition(":")
-    if kind == "none" and not arg:
-        return DraftSpec("none")
+    if kind in ("none", "suffix") and not arg:
+        return DraftSpec(kind)
     if kind == "ngram":
         if not arg:
             return DraftSpec("ngram")

@@ -45,13 +45,20 @@ async def test_unrelated_draft_accepts_almost_nothing(tiny_stack, tiny_target: P
 
 
 @pytest.mark.parametrize("k", [1, 2, 4, 8])
-async def test_ngram_draft(tiny_stack, tiny_target: Path, k: int) -> None:
+@pytest.mark.parametrize("draft", ["ngram", "suffix"])
+async def test_model_free_drafts(tiny_stack, tiny_target: Path, k: int, draft: str) -> None:
     lm = load(str(tiny_target))
     async with SpecdecClient(tiny_stack.address) as client:
-        for prompt in PROMPTS:
-            ids = lm.tokenizer.encode(prompt)
-            response = await client.generate(prompt_token_ids=ids, max_new_tokens=MAX_NEW, draft="ngram", k=k)
-            assert_greedy_identical(lm, ids, list(response.completions[0].token_ids), hf_greedy(lm, ids, MAX_NEW))
+        for round_ in range(2):  # in the second round the suffix cache holds the first round's text
+            for prompt in PROMPTS:
+                ids = lm.tokenizer.encode(prompt)
+                response = await client.generate(
+                    prompt_token_ids=ids, max_new_tokens=MAX_NEW, draft=draft, k=k, k_controller="fixed"
+                )
+                tokens = list(response.completions[0].token_ids)
+                assert_greedy_identical(lm, ids, tokens, hf_greedy(lm, ids, MAX_NEW))
+                if draft == "suffix" and round_ == 1:  # the same request again: its earlier output is proposed
+                    assert response.stats.acceptance_rate > 0.5
 
 
 async def test_target_only_baseline(tiny_stack, tiny_target: Path) -> None:
