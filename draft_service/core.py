@@ -13,7 +13,7 @@ from specdec.draft_service.suffix import SuffixCache, SuffixConfig, SuffixDrafte
 from specdec.draftspec import DraftSpec, parse_draft
 from specdec.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from specdec.limits import MAX_BLOCK_TOKENS, MAX_NGRAM_SEQUENCE
-from specdec.modeling import LoadedModel, canonical_name, load_model
+from specdec.modeling import LoadedModel, canonical_name, load_model, quantize_int8
 from specdec.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,21 @@ class DraftCore:
         finally:
             drafter.close()
 
+    def quantized(self, name: str) -> LoadedModel:
+        """`name`'s int8 copy (loaded, or shared with the target in embedded mode, then quantized once)."""
+        if not name:
+            raise InvalidArgument("draft 'quantized' needs the target's name (target_name) or quantized:ID_OR_PATH")
+        key = f"quantized:{canonical_name(name)}"
+        with self._lock:
+            cached = self._models.get(key)
+        if cached is None:
+            start = time.perf_counter()
+            cached = quantize_int8(self.model(name))
+            log.info("quantized %s to int8 in %.1f s", name, time.perf_counter() - start)
+            with self._lock:
+                cached = self._models.setdefault(key, cached)
+        return cached
+
     def open_session(self, options: DraftOptions) -> DraftSession:
         spec = parse_draft(options.draft)
         drafter: Drafter
@@ -132,8 +147,8 @@ class DraftCore:
         elif spec.kind == "suffix":  # the shared tree is per vocabulary: token ids mean nothing across them
             key = options.target_fingerprint or str(options.target_vocab_size)
             drafter = SuffixDrafter(self.suffix_caches.setdefault(key, SuffixCache(self.suffix_config)))
-        elif spec.kind == "model":
-            lm = self.model(spec.model)
+        elif spec.uses_model:
+            lm = self.model(spec.model) if spec.kind == "model" else self.quantized(spec.model or options.target_name)
             self._check_vocabulary(lm, options)
             drafter = ModelDrafter(lm, options.sampling)
             vocab_size, max_length = lm.vocab_size, lm.max_context

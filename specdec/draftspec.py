@@ -7,19 +7,24 @@ from dataclasses import dataclass
 from specdec.errors import InvalidArgument
 
 DEFAULT_NGRAM_MAX = 3
-SYNTAX = "none, ngram, ngram:MAX (1-8), suffix or model:ID_OR_PATH"
+SYNTAX = "none, ngram, ngram:MAX (1-8), suffix, quantized[:ID_OR_PATH] or model:ID_OR_PATH"
 
 
 @dataclass(frozen=True)
 class DraftSpec:
-    kind: str  # "none" | "ngram" | "suffix" | "model"
-    model: str = ""  # for kind == "model": an HF id or a path
+    kind: str  # "none" | "ngram" | "suffix" | "quantized" | "model"
+    model: str = ""  # kind "model": an HF id or a path; "quantized": the same, empty for the target itself
     ngram_max: int = DEFAULT_NGRAM_MAX  # for kind == "ngram": longest suffix n-gram to look up
 
     @property
+    def uses_model(self) -> bool:
+        """A neural draft: it costs a forward per token and, when sampling, sends q."""
+        return self.kind in ("model", "quantized")
+
+    @property
     def name(self) -> str:
-        if self.kind == "model":
-            return f"model:{self.model}"
+        if self.kind == "model" or (self.kind == "quantized" and self.model):
+            return f"{self.kind}:{self.model}"
         if self.kind == "ngram" and self.ngram_max != DEFAULT_NGRAM_MAX:
             return f"ngram:{self.ngram_max}"
         return self.kind
@@ -36,4 +41,6 @@ def parse_draft(text: str) -> DraftSpec:
             return DraftSpec("ngram", ngram_max=int(arg))
     if kind == "model" and arg:
         return DraftSpec("model", model=arg)
+    if kind == "quantized":
+        return DraftSpec("quantized", model=arg)
     raise InvalidArgument(f"draft must be {SYNTAX}; got {text!r}")

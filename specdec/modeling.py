@@ -195,3 +195,18 @@ def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]
     """Messages rendered by the model's chat template with a generation prompt, as token ids."""
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def quantize_int8(lm: LoadedModel) -> LoadedModel:
+    """A copy of `lm` whose linear layers (attention, MLP, LM head) run with int8 weights and dynamically
+    quantized activations (torch dynamic quantization, CPU): a cheaper self-draft of the same model."""
+    import copy
+    import dataclasses
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch deprecates its quantized tensors in favour of torchao; still works
+        warnings.simplefilter("ignore")
+        model = quantize_dynamic(copy.deepcopy(lm.model).float().cpu(), {torch.nn.Linear}, dtype=torch.qint8)
+    return dataclasses.replace(lm, model=model.eval(), device=torch.device("cpu"), dtype=torch.float32)

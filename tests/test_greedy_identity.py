@@ -70,3 +70,20 @@ async def test_target_only_baseline(tiny_stack, tiny_target: Path) -> None:
         assert response.stats.draft_tokens == 0
         assert response.stats.steps == len(response.completions[0].token_ids)
         assert response.draft == "none" and response.k == 0
+
+
+@pytest.mark.parametrize("draft", ["quantized", "quantized:{target}"])
+async def test_the_int8_self_draft(tiny_stack, tiny_target: Path, draft: str) -> None:
+    """The target's own int8 copy (named, or the target itself when no name is given): the output is the
+    target's, and the copy agrees with it most of the time."""
+    lm = load(str(tiny_target))
+    async with SpecdecClient(tiny_stack.address) as client:
+        for prompt in PROMPTS:
+            ids = lm.tokenizer.encode(prompt)
+            response = await client.generate(
+                prompt_token_ids=ids, max_new_tokens=MAX_NEW, draft=draft.format(target=tiny_target), k=3,
+                k_controller="fixed",
+            )  # fmt: skip
+            tokens = list(response.completions[0].token_ids)
+            assert_greedy_identical(lm, ids, tokens, hf_greedy(lm, ids, MAX_NEW))
+            assert response.stats.acceptance_rate > 0.5, response.stats

@@ -138,7 +138,10 @@ def test_draft_syntax() -> None:
     assert parse_draft("ngram:5").ngram_max == 5
     assert parse_draft("model:org/name").model == "org/name"
     assert parse_draft("none").kind == "none"
-    for bad in ["", "ngram:0", "ngram:x", "model:", "eagle"]:
+    assert parse_draft("suffix").name == "suffix" and not parse_draft("suffix").uses_model
+    assert parse_draft("quantized").name == "quantized" and parse_draft("quantized").uses_model
+    assert parse_draft("quantized:org/name").name == "quantized:org/name"
+    for bad in ["", "ngram:0", "ngram:x", "model:", "eagle", "suffix:3", "none:x"]:
         with pytest.raises(InvalidArgument):
             parse_draft(bad)
 
