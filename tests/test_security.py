@@ -159,7 +159,7 @@ async def test_the_verifier_and_draft_refuse_direct_calls_without_the_token(toke
 @in_module_loop
 async def test_http_api_needs_the_token_except_health(token_stack: EmbeddedStack) -> None:
     base = token_stack.http_url.removesuffix("/v1")
-    body = {"prompt": PROMPT, "max_tokens": 4, "draft": "ngram"}
+    body = {"prompt": PROMPT, "max_tokens": 4, "draft": "ngram", "temperature": 0}  # greedy: no early EOS
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
             refused = await http.post("/v1/completions", json=body, headers=headers)
