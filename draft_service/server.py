@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
-from specdec import service
+from specdec import service, tracing
 from specdec.draft_service.core import DraftCore, DraftOptions, DraftSession
 from specdec.draft_service.drafts import Proposal
 from specdec.errors import FailedPrecondition, InvalidArgument, SpecdecError
@@ -21,6 +21,7 @@ from specdec.wire import encode_distribution, sampling_from_pb
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = draft_pb2.DESCRIPTOR.services_by_name["Draft"].full_name
+SESSION_METHOD = f"/{SERVICE_NAME}/Session"
 
 
 def _next_batch(proposals: Iterator[Proposal], incremental: bool) -> list[Proposal]:
@@ -42,6 +43,7 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
         self.session_ttl_s = session_ttl_s
         self.capacity = SessionCapacity("draft service", max_sessions, lambda: core.live_sessions)
         self.worker = service.ModelWorker("draft-model")
+        self.tracer = tracing.tracer(tracing.DRAFT)
         self.metrics = ModelServiceMetrics(UsageTracker("draft", core.kv_cache_bytes, lambda: core.live_sessions))
 
     async def aclose(self) -> None:
@@ -59,6 +61,7 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
         opened = service.StreamSessions(self.worker, self.core.open_session, self.core.close_session)
         failed_commit: SpecdecError | None = None
         encoding = 0
+        span = tracing.start_server_span(self.tracer, SESSION_METHOD, context.invocation_metadata())
         try:
             async for request in expiring(request_iterator, self.session_ttl_s, "draft"):
                 kind = request.WhichOneof("kind")
@@ -70,6 +73,10 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
                     with self.capacity.reserve():  # refused at once when full, before queueing for the model
                         session = await opened.open(_options_from_pb(request.open))
                     encoding = request.open.probs_encoding
+                    if span.is_recording():
+                        span.set_attributes(
+                            {"specdec.draft": session.spec.name, "specdec.draft_method": session.spec.kind}
+                        )
                     yield draft_pb2.DraftResponse(
                         opened=draft_pb2.DraftSessionOpened(
                             draft=session.spec.name, sends_probs=session.drafter.sends_probs
@@ -80,9 +87,21 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
                 elif failed_commit is not None:
                     raise failed_commit
                 elif kind == "propose":
-                    async for chunk in self._propose(session, request.propose, encoding):
-                        yield draft_pb2.DraftResponse(chunk=chunk)
+                    propose = request.propose
+                    with tracing.child_span(self.tracer, span, "propose", _propose_attributes(session, propose)) as s:
+                        proposed, draft_ms = 0, 0.0
+                        async for chunk in self._propose(session, propose, encoding):
+                            proposed, draft_ms = proposed + len(chunk.token_ids), chunk.draft_ms
+                            yield draft_pb2.DraftResponse(chunk=chunk)
+                        if s.is_recording():
+                            s.set_attributes({"specdec.proposed": proposed, "specdec.draft_ms": draft_ms})
                 elif kind == "commit":
+                    if span.is_recording():
+                        commit = {
+                            "specdec.position": request.commit.position,
+                            "specdec.tokens": len(request.commit.token_ids),
+                        }
+                        span.add_event("commit", commit)
                     try:
                         session.commit(request.commit.position, list(request.commit.token_ids))
                     except SpecdecError as exc:
@@ -90,8 +109,13 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
                         # client reads this status instead of a send failure on its next write.
                         failed_commit = failed_commit or exc
         except Exception as exc:
+            tracing.record_error(span, exc)
             await service.abort_with(context, exc)
+        except BaseException:  # cancelled: the client went away or its deadline passed
+            span.add_event("cancelled")
+            raise
         finally:
+            span.end()
             opened.close_all()
 
     async def _propose(
@@ -119,6 +143,15 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
                 self.metrics.observe_forward(session.spec.kind, chunk.draft_ms)
                 return
             position += len(batch)
+
+
+def _propose_attributes(session: DraftSession, propose: draft_pb2.Propose) -> dict[str, int | str]:
+    return {
+        "specdec.step": propose.step,
+        "specdec.position": propose.position,
+        "specdec.k": propose.max_tokens,
+        "specdec.draft_method": session.spec.kind,
+    }
 
 
 def _options_from_pb(msg: draft_pb2.OpenDraftSession) -> DraftOptions:

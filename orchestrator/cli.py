@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from specdec import __version__
+from specdec import __version__, tracing
 from specdec.bench.cli import add_bench_parser, apply_config, run_bench
 from specdec.draftspec import SYNTAX as DRAFT_SYNTAX
 from specdec.errors import SpecdecError
@@ -28,7 +28,9 @@ from specdec.limits import (
     ServiceLimits,
 )
 from specdec.orchestrator.k_control import CONTROLLERS
+from specdec.profiling import profiling
 from specdec.security import Security, SecurityConfigError, read_token_file
+from specdec.tracing import TracingConfigError
 from specdec.v1 import orchestrator_pb2
 
 log = logging.getLogger("specdec")
@@ -74,6 +76,15 @@ def _add_http_flag(p: argparse.ArgumentParser) -> None:
         type=int,
         default=int(http) if http else None,
         help="also serve the OpenAI-compatible HTTP API on this port (0: a free one; env SPECDEC_HTTP_PORT)",
+    )
+
+
+def _add_profile_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        default=_env("PROFILE"),
+        help="write a torch profiler Chrome trace of the model forwards into DIR on exit (env SPECDEC_PROFILE)",
     )
 
 
@@ -219,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics_flag(verifier, "")
     _add_session_limit_flags(verifier)
     _add_security_flags(verifier, server=True, client=False)
+    _add_profile_flag(verifier)
 
     draft = serve.add_parser("draft", help="draft models and n-gram lookup")
     _add_listen_flags(draft, 50052)
@@ -232,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics_flag(draft, "")
     _add_session_limit_flags(draft)
     _add_security_flags(draft, server=True, client=False)
+    _add_profile_flag(draft)
 
     orch = serve.add_parser("orchestrator", help="the public API")
     _add_listen_flags(orch, 50050)
@@ -254,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_request_limit_flags(everything)
     _add_session_limit_flags(everything)
     _add_security_flags(everything, server=True, client=True)
+    _add_profile_flag(everything)
 
     gen = commands.add_parser("generate", help="generate text with speculative decoding")
     gen.add_argument("--prompt", required=True, help="raw prompt text (like OpenAI completions)")
@@ -298,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--target", default=_env("TARGET", ""), help="embedded mode: HF id or path of the target")
     _add_model_flags(gen)
     _add_security_flags(gen, server=False, client=True)  # with --orchestrator
+    _add_profile_flag(gen)  # embedded mode only
+
+    report = commands.add_parser(
+        "trace", help="per-request waterfall and time split from a jsonl trace file (OTEL_TRACES_EXPORTER=jsonl)"
+    )
+    report.add_argument("file", help="the spans file (SPECDEC_TRACE_FILE of the services)")
+    report.add_argument("--trace-id", default="", help="only this trace (a prefix of its id is enough)")
+    report.add_argument("--width", type=int, default=40, help="characters of the waterfall's bars")
     add_bench_parser(commands, _add_model_flags, lambda p: _add_security_flags(p, server=False, client=True), _security)
     return parser
 
@@ -314,7 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    if args.command == "trace":
+        return _trace_report(args)
     try:
+        tracing.exporter_names()  # an unknown OTEL_TRACES_EXPORTER fails here, before anything starts
         if args.command == "serve":
             asyncio.run(_serve(args))
             return 0
@@ -332,11 +357,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecdecError as exc:  # e.g. a target that cannot be loaded in embedded mode
         print(f"error: {exc.code.name}: {exc}", file=sys.stderr)
         return 1
-    except SecurityConfigError as exc:
+    except (SecurityConfigError, TracingConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        tracing.shutdown()  # export the spans still buffered
+
+
+def _trace_report(args: argparse.Namespace) -> int:
+    from specdec.orchestrator.trace_report import report
+
+    try:
+        print(report(args.file, args.trace_id, args.width))
+    except (OSError, ValueError, LookupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -367,7 +405,8 @@ async def _serve(args: argparse.Namespace) -> None:
             for name, server in zip(("verifier", "draft"), stack.servers, strict=False):
                 if server.metrics is not None:
                     print(f"specdec {name} metrics on http://127.0.0.1:{server.metrics_port}/metrics", flush=True)
-            await _wait_for_signal()
+            with profiling(args.profile, "all"):
+                await _wait_for_signal()
         return
     if args.service == "verifier":
         running = await serve_verifier_loading(
@@ -409,8 +448,9 @@ async def _serve(args: argparse.Namespace) -> None:
             security=security,
         )
     _announce(args, running)
-    await _wait_for_signal()
-    await running.stop(grace=5.0)
+    with profiling(getattr(args, "profile", None), args.service):
+        await _wait_for_signal()
+        await running.stop(grace=5.0)
 
 
 def _announce(args: argparse.Namespace, running: Any) -> None:
@@ -470,7 +510,8 @@ async def _generate(args: argparse.Namespace) -> int:
 
         stack = EmbeddedStack(target=args.target, device=args.device, dtype=args.dtype)
         async with stack, SpecdecClient(stack.address) as client:
-            response = await client.generate(**request)
+            with profiling(args.profile, "generate"):
+                response = await client.generate(**request)
     _print_response(response, args.json)
     return 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 from transformers import AutoTokenizer
 
 from specdec import service
@@ -30,6 +31,7 @@ from specdec.orchestrator.k_control import make_controller
 from specdec.orchestrator.loop import Delta, LoopStats, OnDelta, SampleResult, SampleSpec, run_sample
 from specdec.orchestrator.metrics import OrchestratorMetrics
 from specdec.orchestrator.streams import DraftStream, VerifierStream
+from specdec.orchestrator.telemetry import describe_request, describe_result, request_span, session_span
 from specdec.policies import LOSSY_POLICIES, policy_params_for, resolve_policy, resolve_policy_params
 from specdec.sampling import SamplingConfig, derive_seed
 from specdec.usage import UsageTracker
@@ -96,6 +98,7 @@ class GenerationRequest:
     model: str = ""
     probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED
     deadline: float | None = None  # time.monotonic() by which the client wants the answer (gRPC deadline)
+    trace_parent: Any = None  # the caller's OpenTelemetry context (from gRPC metadata or HTTP headers), if any
 
 
 @dataclass
@@ -222,8 +225,10 @@ class OrchestratorCore:
         self.metrics.live_requests.inc()
         self.live_requests += 1
         try:
-            async with self.admission:
-                result = await self._generate(request, on_delta)
+            with request_span(request) as span:
+                async with self.admission:
+                    result = await self._generate(request, on_delta, span)
+                describe_result(span, result)
         except BaseException as exc:
             self.metrics.record_error(exc)
             raise
@@ -233,10 +238,13 @@ class OrchestratorCore:
         self.metrics.record(result.samples, result.draft, result.policy, result.started_at)
         return result
 
-    async def _generate(self, request: GenerationRequest, on_delta: OnDelta | None) -> GenerationResult:
+    async def _generate(
+        self, request: GenerationRequest, on_delta: OnDelta | None, span: trace.Span
+    ) -> GenerationResult:
         start = time.perf_counter()
         target = await self.target()
         specs, seed = self._plan(request, target)
+        describe_request(span, request, specs, target.name)
         limiter = asyncio.Semaphore(self.limits.samples_in_flight)
 
         async def one(spec: SampleSpec) -> SampleResult:
@@ -294,16 +302,21 @@ class OrchestratorCore:
         streams' deadline; a failure or cancellation cancels both streams at once (the services free their
         sessions when a stream ends), a normal end half-closes them."""
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        verifier = VerifierStream(self._verifier, timeout)
-        stream = DraftStream(self._draft, timeout) if self._draft is not None and spec.draft.kind != "none" else None
-        draft = GuardedDraft(stream, self.limits.draft_open_timeout_s, self.limits.draft_timeout_s)
-        try:
-            result = await run_sample(spec, verifier, draft, target.tokenizer, on_delta)
-        except BaseException:
-            verifier.cancel()
-            draft.cancel()
-            raise
-        await asyncio.gather(verifier.close(), draft.close())
+        drafting = self._draft is not None and spec.draft.kind != "none"
+        with (
+            session_span("Verifier", spec.index) as verifier_md,
+            session_span("Draft", spec.index, drafting) as draft_md,
+        ):
+            verifier = VerifierStream(self._verifier, timeout, verifier_md)
+            stream = DraftStream(self._draft, timeout, draft_md) if self._draft is not None and drafting else None
+            draft = GuardedDraft(stream, self.limits.draft_open_timeout_s, self.limits.draft_timeout_s)
+            try:
+                result = await run_sample(spec, verifier, draft, target.tokenizer, on_delta)
+            except BaseException:
+                verifier.cancel()
+                draft.cancel()
+                raise
+            await asyncio.gather(verifier.close(), draft.close())
         return result
 
     def _plan(self, request: GenerationRequest, target: TargetInfo) -> tuple[list[SampleSpec], int]:
@@ -386,7 +399,7 @@ class OrchestratorCore:
         times (`cost` places blocks by them): with a LOSSY policy what is committed depends on what was
         verified, and with a sampling model draft (it sends q) on where blocks start. (Lossless prompt lookup
         is verified position by position against the target's own draw: its output never depends on K.)"""
-        if policy in LOSSY_POLICIES or (seed is not None and draft.kind == "model" and not sampling.greedy):
+        if policy in LOSSY_POLICIES or (seed is not None and draft.uses_model and not sampling.greedy):
             return "fixed"
         return self.limits.default_k_controller
 

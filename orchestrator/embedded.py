@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from specdec import service
+from specdec import service, tracing
 from specdec.draft_service.core import DraftCore
 from specdec.draft_service.server import serve as serve_draft
 from specdec.limits import ServiceLimits
@@ -99,3 +99,5 @@ class EmbeddedStack:
         for server in reversed(self.servers):
             await server.stop(grace=self.grace_s)
         self.servers.clear()
+        if tracing.enabled():  # the last requests' spans leave before the caller moves on (or exits)
+            await asyncio.to_thread(tracing.force_flush)

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from specdec import tracing
 from specdec.errors import InvalidArgument, SpecdecError
 from specdec.orchestrator.core import GenerationRequest, GenerationResult, OrchestratorCore, stats_to_pb
 from specdec.orchestrator.loop import Delta
@@ -50,6 +51,11 @@ ERROR_TYPE = {
     404: "not_found_error",
     429: "rate_limit_error",
 }
+
+
+def _trace_parent(request: Request) -> Any:
+    """The caller's trace context (W3C traceparent header) when tracing is on."""
+    return tracing.context_from_headers(request.headers) if tracing.enabled() else None
 
 
 def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
@@ -196,6 +202,7 @@ class OpenAIApi:
         else:
             raise InvalidArgument("prompt must be a string or a list of token ids (one prompt per request)")
         generation.return_logprobs = _field(body, "logprobs", int, 0) > 0
+        generation.trace_parent = _trace_parent(request)
         return await self._respond(ParsedRequest(generation, stream, include_usage, generation.return_logprobs), False)
 
     async def chat_completions(self, request: Request) -> Response:
@@ -209,6 +216,7 @@ class OpenAIApi:
                 raise InvalidArgument(f"messages[{i}] must have a string content")
         generation.messages = [{"role": str(m.get("role", "")), "content": m["content"]} for m in messages]
         generation.return_logprobs = bool(_field(body, "logprobs", bool, False))
+        generation.trace_parent = _trace_parent(request)
         return await self._respond(ParsedRequest(generation, stream, include_usage, generation.return_logprobs), True)
 
     async def _respond(self, parsed: ParsedRequest, chat: bool) -> Response:

@@ -16,6 +16,7 @@ from specdec.orchestrator.cost_model import CostPriors
 from specdec.orchestrator.failover import GuardedDraft
 from specdec.orchestrator.k_control import KController, StepObservation, make_controller
 from specdec.orchestrator.streams import DraftBlock, VerifierStream
+from specdec.orchestrator.telemetry import record_step, step_started
 from specdec.orchestrator.text import OutputText
 from specdec.sampling import SamplingConfig
 from specdec.v1 import common_pb2, draft_pb2, verifier_pb2
@@ -245,6 +246,7 @@ async def speculative_step(
 ) -> tuple[verifier_pb2.Verdict, StepObservation]:  # fmt: skip
     """Propose up to k tokens from committed length `position`, let the controller trim the proposal,
     verify the rest in one pass, record the timings. A draft that fails over leaves an empty block."""
+    started_ns = step_started()
     block = verified = DraftBlock()
     draft_network_ms = 0.0
     if draft.stream is not None and k > 0:
@@ -271,6 +273,7 @@ async def speculative_step(
         committed=tuple(verdict.token_ids),
     )
     stats.record(observation, len(verdict.token_ids))
+    record_step(spec, step, observation, len(verdict.token_ids), started_ns)
     return verdict, observation
 
 

@@ -9,7 +9,7 @@ from contextlib import aclosing
 
 import grpc
 
-from specdec import service
+from specdec import service, tracing
 from specdec.orchestrator.core import GenerationRequest, GenerationResult, Limits, OrchestratorCore, stats_to_pb
 from specdec.orchestrator.http_api import HttpServer, serve_http
 from specdec.orchestrator.loop import Delta
@@ -48,8 +48,11 @@ def request_from_pb(msg: orchestrator_pb2.GenerateRequest) -> GenerationRequest:
 def request_with_deadline(
     msg: orchestrator_pb2.GenerateRequest, context: grpc.aio.ServicerContext
 ) -> GenerationRequest:
-    """The request, with the client's deadline (if it set one) to pass on to the verifier and draft."""
+    """The request, with the client's deadline (if it set one) to pass on to the verifier and draft, and its
+    trace context (when tracing is on: the request span becomes a child of the client's span)."""
     request = request_from_pb(msg)
+    if tracing.enabled():
+        request.trace_parent = tracing.incoming_context(context.invocation_metadata())
     remaining = context.time_remaining()
     if remaining is not None:
         request.deadline = time.monotonic() + remaining

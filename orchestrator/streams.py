@@ -16,6 +16,8 @@ import grpc
 from specdec.errors import Unavailable
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 
+Metadata = tuple[tuple[str, str], ...] | None  # extra call metadata: the trace context, when traced
+
 
 class _SessionStream:
     def __init__(self, call: Any, peer: str) -> None:
@@ -66,9 +68,12 @@ class TimedVerdict:
 
 
 class VerifierStream(_SessionStream):
-    def __init__(self, stub: verifier_pb2_grpc.VerifierStub, timeout: float | None = None) -> None:
-        """`timeout`: the request's remaining time, so the verifier stops work when the client's deadline passes."""
-        super().__init__(stub.Session(timeout=timeout), "verifier")
+    def __init__(
+        self, stub: verifier_pb2_grpc.VerifierStub, timeout: float | None = None, metadata: Metadata = None
+    ) -> None:
+        """`timeout`: the request's remaining time, so the verifier stops work when the client's deadline passes;
+        `metadata`: the trace context (W3C traceparent) when the request is traced."""
+        super().__init__(stub.Session(timeout=timeout, metadata=metadata), "verifier")
 
     async def open(self, request: verifier_pb2.OpenVerifierSession) -> verifier_pb2.VerifierSessionOpened:
         await self._write(verifier_pb2.VerifierRequest(open=request))
@@ -104,8 +109,8 @@ class DraftBlock:
 
 
 class DraftStream(_SessionStream):
-    def __init__(self, stub: draft_pb2_grpc.DraftStub, timeout: float | None = None) -> None:
-        super().__init__(stub.Session(timeout=timeout), "draft service")
+    def __init__(self, stub: draft_pb2_grpc.DraftStub, timeout: float | None = None, metadata: Metadata = None) -> None:
+        super().__init__(stub.Session(timeout=timeout, metadata=metadata), "draft service")
 
     async def open(self, request: draft_pb2.OpenDraftSession) -> draft_pb2.DraftSessionOpened:
         await self._write(draft_pb2.DraftRequest(open=request))

@@ -15,6 +15,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from specdec import profiling
 from specdec import security as sec
 from specdec.errors import SpecdecError
 from specdec.metrics import MetricsEndpoint, serve_metrics
@@ -169,16 +170,24 @@ class ModelWorker:
     """
 
     def __init__(self, name: str) -> None:
+        self.name = name
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(_no_grad, fn, *args))
+        return await loop.run_in_executor(self._pool, functools.partial(self._job, fn, *args))
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue work without waiting for it: cleanup that must run even when the caller is cancelled,
         after whatever forward pass of the same session is in flight."""
-        self._pool.submit(_no_grad, fn, *args)
+        self._pool.submit(self._job, fn, *args)
+
+    def _job(self, fn: Callable[..., T], *args: Any) -> T:
+        """One job without autograd; under --profile, a labelled range in the torch profiler's trace."""
+        if not profiling.active():
+            return _no_grad(fn, *args)
+        with torch.profiler.record_function(f"{self.name}:{getattr(fn, '__name__', 'job')}"):
+            return _no_grad(fn, *args)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 
-from specdec import service
+from specdec import service, tracing
 from specdec.errors import FailedPrecondition, InvalidArgument, Unavailable
 from specdec.idle import expiring
 from specdec.limits import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, ServiceLimits, SessionCapacity
@@ -31,6 +31,7 @@ from specdec.wire import decode_distributions, policy_params_from_pb, sampling_f
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
+SESSION_METHOD = f"/{SERVICE_NAME}/Session"
 _OUTCOME_PB = {
     ACCEPTED: verifier_pb2.DRAFT_OUTCOME_ACCEPTED,
     REJECTED: verifier_pb2.DRAFT_OUTCOME_REJECTED,
@@ -77,6 +78,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         self.session_ttl_s = session_ttl_s
         self.capacity = SessionCapacity("verifier", max_sessions, self.live_sessions)
         self.worker = service.ModelWorker("verifier-model")
+        self.tracer = tracing.tracer(tracing.VERIFIER)
         self.metrics = ModelServiceMetrics(UsageTracker("verifier", self.kv_cache_bytes, self.live_sessions))
         self._tokenizer_files: dict[str, bytes] | None = None
 
@@ -131,6 +133,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     ) -> AsyncIterator[verifier_pb2.VerifierResponse]:
         session: VerifierSession | None = None
         opened: service.StreamSessions[VerifierSession] | None = None
+        span = tracing.start_server_span(self.tracer, SESSION_METHOD, context.invocation_metadata())
         try:
             core = self.core
             opened = service.StreamSessions(self.worker, core.open_session, core.close_session)
@@ -141,8 +144,11 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                 if kind == "open":
                     if session is not None:
                         raise FailedPrecondition("the session is already open")
-                    with self.capacity.reserve():  # refused at once when full, before queueing for the model
-                        session = await opened.open(_options_from_pb(request.open))
+                    prompt = {"specdec.prompt_tokens": len(request.open.prompt_token_ids)}
+                    with tracing.child_span(self.tracer, span, "prefill", prompt) as s:
+                        with self.capacity.reserve():  # refused at once when full, before queueing for the model
+                            session = await opened.open(_options_from_pb(request.open))
+                        s.set_attribute("specdec.prefill_ms", session.prefill_ms)
                     self.metrics.observe_forward("prefill", session.prefill_ms)
                     yield verifier_pb2.VerifierResponse(
                         opened=verifier_pb2.VerifierSessionOpened(
@@ -158,14 +164,36 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                     tokens = list(block.draft_token_ids)
                     check_block_size(len(tokens))  # before decoding its probabilities
                     probs = decode_distributions(list(block.draft_probs), len(tokens), core.lm.vocab_size)
-                    outcome = await self.worker.run(session.verify, block.position, tokens, probs)
+                    with tracing.child_span(self.tracer, span, "verify", _block_attributes(block, tokens)) as s:
+                        outcome = await self.worker.run(session.verify, block.position, tokens, probs)
+                        if s.is_recording():
+                            s.set_attributes(_outcome_attributes(outcome))
                     self.metrics.observe_forward("verify", outcome.forward_ms)
                     yield verifier_pb2.VerifierResponse(verdict=verdict_to_pb(block.step, block.position, outcome))
         except Exception as exc:
+            tracing.record_error(span, exc)
             await service.abort_with(context, exc)
+        except BaseException:  # cancelled: the client went away or its deadline passed
+            span.add_event("cancelled")
+            raise
         finally:
+            span.end()
             if opened is not None:
                 opened.close_all()
+
+
+def _block_attributes(block: verifier_pb2.VerifyBlock, tokens: list[int]) -> dict[str, int]:
+    return {"specdec.step": block.step, "specdec.position": block.position, "specdec.k": len(tokens)}
+
+
+def _outcome_attributes(outcome: VerifyOutcome) -> dict[str, float]:
+    """The verify pass as the verifier measured it (the span itself also covers waiting for the model)."""
+    return {
+        "specdec.accepted": outcome.num_accepted,
+        "specdec.committed": len(outcome.token_ids),
+        "specdec.forward_ms": outcome.forward_ms,
+        "specdec.accept_ms": outcome.accept_ms,
+    }
 
 
 def _options_from_pb(msg: verifier_pb2.OpenVerifierSession) -> SessionOptions:
