@@ -28,7 +28,7 @@ from specdec.draft_service.drafts import Proposal
 class SuffixConfig:
     depth: int = 32  # longest substring counted: match + proposal fit in it
     max_match: int = 16  # longest context suffix looked up
-    spec_factor: float = 2.0  # propose at most spec_factor * (match length) tokens
+    spec_factor: float = 4.0  # propose at most spec_factor * (match length) tokens
     min_prob: float = 0.1  # stop proposing when the run's estimated probability falls below this
     cache_tokens: int = 16384  # tokens of earlier requests kept in the shared tree (~depth nodes per token)
 
