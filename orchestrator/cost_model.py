@@ -231,12 +231,21 @@ class CostModelK:
     """The `cost` controller (see the module docstring)."""
 
     def __init__(
-        self, k_start: int, k_max: int, probe_every: int = 16, priors: CostPriors | None = None, min_calls: int = 8
+        self,
+        k_start: int,
+        k_max: int,
+        probe_every: int = 16,
+        priors: CostPriors | None = None,
+        min_calls: int = 8,
+        free_draft: bool | None = None,
     ) -> None:
         self.k_start = min(k_start, k_max)
         self.k_max = k_max
         self.probe_every = probe_every  # after this many steps without a draft call, call once anyway
         self.min_calls = min_calls  # calls made before the draft may be judged not worth calling
+        # Known model-free drafts are free by construction: timing noise on a busy machine must not turn
+        # them into "costly" drafts (that branch stops calling a draft whose first proposals missed).
+        self.free_draft = free_draft
         # a session forgets faster than the shared priors: its content shifts (prose, then a copy)
         self.acceptance = AcceptanceStats(parent=priors.acceptance if priors else None, decay=0.9)
         self.timings = Timings(parent=priors.timings if priors else None)
@@ -271,6 +280,8 @@ class CostModelK:
         return max(1, min(self.probe_every, math.ceil(calls_per_step)))
 
     def _draft_is_free(self) -> bool:
+        if self.free_draft is not None:
+            return self.free_draft
         return self.timings.draft_ms_per_token() * self.k_max <= FREE_DRAFT * self.timings.verify_ms(0)
 
     def _ask_size(self) -> int:

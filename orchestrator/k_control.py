@@ -71,7 +71,11 @@ class HeuristicK(FixedK):
 KController = FixedK | CostModelK
 
 
-def make_controller(name: str, k: int, k_max: int, priors: CostPriors | None = None) -> KController:
+def make_controller(
+    name: str, k: int, k_max: int, priors: CostPriors | None = None, free_draft: bool | None = None
+) -> KController:
+    """`free_draft`: the draft is known to cost nothing per token (prompt lookup, suffix trees); None: judge
+    by the measured draft time."""
     if name == "fixed":
         return FixedK(k)
     if name == "heuristic":
@@ -79,5 +83,5 @@ def make_controller(name: str, k: int, k_max: int, priors: CostPriors | None = N
     if name == "confidence":
         return FixedK(k_max)  # the draft stops itself below p_min
     if name == "cost":
-        return CostModelK(k_start=k, k_max=k_max, priors=priors)
+        return CostModelK(k_start=k, k_max=k_max, priors=priors, free_draft=free_draft)
     raise InvalidArgument(f"k_controller must be one of {CONTROLLERS}, got {name!r}")

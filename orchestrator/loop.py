@@ -290,7 +290,9 @@ async def run_sample(
     text = OutputText(tokenizer, spec.stop)
     position = len(spec.prompt_token_ids)  # committed length
     logprobs: list[float] = []
-    controller = make_controller(spec.k_controller, spec.k, spec.k_max, spec.cost_priors)
+    controller = make_controller(
+        spec.k_controller, spec.k, spec.k_max, spec.cost_priors, free_draft=not spec.draft.uses_model
+    )
     unsent = UnsentCommit()
     finish = ""
     while not finish:

@@ -143,6 +143,16 @@ def test_cost_controller_accounts_for_an_expensive_draft() -> None:
     assert sum(dear.asked[-30:]) < sum(cheap.asked[-30:])
 
 
+def test_a_known_free_draft_stays_free_when_timings_are_noisy() -> None:
+    """Prompt lookup on a busy machine can measure like a costly draft; declared free, it keeps being asked
+    for K_max (and trimmed by its proposals) instead of being judged by a per-token cost it does not have."""
+    judged = Session(CostModelK(k_start=4, k_max=8), draft_ms_per_token=40.0).run(40, agree=0.6, match_length=4)
+    declared = Session(CostModelK(k_start=4, k_max=8, free_draft=True), draft_ms_per_token=40.0)
+    declared.run(40, agree=0.6, match_length=4)
+    assert set(declared.asked[2:]) <= {0, 8} and declared.asked[2:].count(8) >= 30
+    assert sum(declared.verified) > sum(judged.verified)
+
+
 def test_expected_tokens() -> None:
     assert expected_tokens(0.5, 0.5, 0) == 1.0
     assert expected_tokens(1.0, 1.0, 4) == 5.0
