@@ -216,7 +216,8 @@ async def _load(args: argparse.Namespace, cfg: Any, targets: dict[str, Any], sys
         target = targets[method.kind]
         for _ in range(cfg.warmup):
             await target.run(method, prompts[0], cfg)
-        memory_before = await _reset_memory(target)
+        usage = getattr(target, "usage", None)  # a specdec deployment's GetUsage; HTTP servers have none
+        measured = bool(usage and await usage(True))  # reset the peaks: they cover this load only
 
         async def send(i: int, method: Any = method, target: Any = target) -> Outcome:
             run = await target.run(method, prompts[i % len(prompts)], cfg, measure_memory=False)
@@ -225,7 +226,8 @@ async def _load(args: argparse.Namespace, cfg: Any, targets: dict[str, Any], sys
         report = await run_load(
             send, concurrency=concurrency, rate=args.rate, max_requests=bound, duration_s=args.duration
         )
-        reports[method.label] = {**report.to_dict(), "peak_memory_mib": await _read_memory(target, memory_before)}
+        peaks = await usage(False) if usage and measured else {}
+        reports[method.label] = {**report.to_dict(), "peak_memory_mib": peaks}
         print(f"\n## {method.label}\n{report.table()}")
     print("\n" + load_comparison(reports))
     out.mkdir(parents=True, exist_ok=True)
@@ -255,12 +257,3 @@ def load_comparison(reports: dict[str, dict[str, Any]]) -> str:
             f"| {latency} | {errors} |"
         )
     return "\n".join(lines)
-
-
-async def _reset_memory(target: Any) -> bool:
-    reset = getattr(target, "usage", None)
-    return bool(reset and await reset(True))
-
-
-async def _read_memory(target: Any, measured: bool) -> dict[str, Any]:
-    return await target.usage(False) if measured else {}

@@ -32,10 +32,10 @@ import torch
 
 from specdec.bench import stats
 from specdec.bench.peers import hf_generate
-from specdec.bench.targets import stats_to_dict
 from specdec.modeling import LoadedModel, chat_prompt_ids, load_model
 from specdec.orchestrator.client import SpecdecClient
 from specdec.orchestrator.embedded import EmbeddedStack
+from specdec.wire import message_dict
 
 CODE_SNIPPET = """def summarize_orders(orders, min_total=0.0):
     tmp = {}
@@ -166,7 +166,7 @@ async def measure(
         k_controller=method.k_controller,
     )
     seconds = time.perf_counter() - start
-    return [int(t) for t in response.completions[0].token_ids], seconds, stats_to_dict(response.stats)
+    return [int(t) for t in response.completions[0].token_ids], seconds, message_dict(response.stats)
 
 
 async def bench_prompt(

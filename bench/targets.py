@@ -17,6 +17,7 @@ from specdec.bench.sweep import HF, HF_ASSISTED, Method, SweepConfig
 from specdec.modeling import LoadedModel, chat_prompt_ids, load_model
 from specdec.orchestrator.client import SpecdecClient
 from specdec.usage import process_memory, reset_peak_rss
+from specdec.wire import message_dict
 
 MIB = 1024 * 1024
 
@@ -63,14 +64,6 @@ def prompt_ids(lm: LoadedModel, prompt: Prompt) -> list[int]:
     return chat_prompt_ids(lm.tokenizer, [{"role": r, "content": c} for r, c in prompt.messages])
 
 
-def stats_to_dict(stats: Any) -> dict[str, Any]:
-    """GenerationStats -> a plain dict of every field (zeros included; repeated fields as lists)."""
-    return {
-        f.name: list(getattr(stats, f.name)) if f.is_repeated else getattr(stats, f.name)
-        for f in stats.DESCRIPTOR.fields
-    }
-
-
 class SpecdecTarget:
     """The orchestrator's streaming gRPC API. With a local model the prompt goes as token ids (the exact ids
     the HF peers get); without one, as text or chat messages for the deployment to tokenise."""
@@ -109,7 +102,7 @@ class SpecdecTarget:
         completion = response.completions[0]
         return Run(
             "", prompt.suite, method.label, 0, len(completion.token_ids), seconds, list(completion.token_ids),
-            completion.text, first, last, stats_to_dict(response.stats), measured,
+            completion.text, first, last, message_dict(response.stats), measured,
         )  # fmt: skip
 
     async def usage(self, reset: bool) -> dict[str, dict[str, float]]:

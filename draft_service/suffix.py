@@ -67,22 +67,19 @@ class SuffixTree:
         return child
 
     def remove(self, tokens: Sequence[int]) -> None:
-        """Undo `add(tokens)` for a whole sequence: decrement the same counts, drop nodes that reach 0. Ends are
-        taken last first, so a substring's extensions are gone before it can reach 0 (count(ua) <= count(u))."""
-        for end in reversed(range(len(tokens))):
-            start = max(0, end - self.depth + 1)
-            for begin in range(start, end + 1):
-                self._decrement(tokens[begin : end + 1])
-
-    def _decrement(self, path: Sequence[int]) -> None:
-        node = self.root
-        for token in path[:-1]:
-            node = node.children[token]
-        child = node.children[path[-1]]
-        child.count -= 1
-        if child.count == 0:  # no occurrence left below either: counts only shrink toward the leaves
-            del node.children[path[-1]]
-            self.nodes -= _size(child)
+        """Undo `add(tokens)` for a whole sequence. `add` counted, for every start, each prefix of the next
+        `depth` tokens: walk each such path once and decrement it deepest first, so a node reaches 0 only
+        after its extensions did (count(ua) <= count(u)) and can be dropped then. O(depth) a token."""
+        for start in range(len(tokens)):
+            path = [self.root]
+            for token in tokens[start : start + self.depth]:
+                path.append(path[-1].children[token])
+            for depth in range(len(path) - 1, 0, -1):
+                node = path[depth]
+                node.count -= 1
+                if node.count == 0:
+                    del path[depth - 1].children[tokens[start + depth - 1]]
+                    self.nodes -= 1
 
     def find(self, path: Sequence[int]) -> _Node | None:
         node: _Node | None = self.root
@@ -122,15 +119,6 @@ class SuffixTree:
             else:
                 high = m - 1
         return best
-
-
-def _size(node: _Node) -> int:
-    stack, size = [node], 0
-    while stack:
-        current = stack.pop()
-        size += 1
-        stack.extend(current.children.values())
-    return size
 
 
 class SuffixCache:

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 
 from specdec import __version__, tracing
 from specdec.bench.cli import add_bench_parser, apply_config, run_bench
@@ -32,6 +31,7 @@ from specdec.profiling import profiling
 from specdec.security import Security, SecurityConfigError, read_token_file
 from specdec.tracing import TracingConfigError
 from specdec.v1 import orchestrator_pb2
+from specdec.wire import message_dict
 
 log = logging.getLogger("specdec")
 
@@ -516,10 +516,6 @@ async def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def stats_dict(response: orchestrator_pb2.GenerateResponse) -> dict[str, Any]:
-    return MessageToDict(response.stats, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-
-
 def _print_response(response: orchestrator_pb2.GenerateResponse, as_json: bool) -> None:
     completions = list(response.completions)
     if as_json:
@@ -529,7 +525,7 @@ def _print_response(response: orchestrator_pb2.GenerateResponse, as_json: bool) 
             "token_ids": [list(c.token_ids) for c in completions] if many else list(completions[0].token_ids),
             "text": [c.text for c in completions] if many else completions[0].text,
             "finish_reason": [c.finish_reason for c in completions] if many else completions[0].finish_reason,
-            "stats": stats_dict(response),
+            "stats": message_dict(response.stats),
             "model": response.model,
             "draft": response.draft,
             "k": response.k,

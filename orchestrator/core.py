@@ -175,7 +175,8 @@ class OrchestratorCore:
         self._target_lock = asyncio.Lock()
         self._cost_priors: dict[tuple[object, ...], CostPriors] = {}  # per draft, policy and sampling
         self.metrics = OrchestratorMetrics()
-        self.live_requests = 0
+        self.live_requests = 0  # generating or queued; the Prometheus gauge and GetUsage read it
+        self.metrics.live_requests.set_function(lambda: self.live_requests)
         self.admission = Admission(self.limits.max_concurrent_requests, self.limits.max_queued_requests)
         self.usage_tracker = UsageTracker("orchestrator", lambda: 0, lambda: self.live_requests)
         if draft_address is None:  # without a draft service the only possible default is target-only
@@ -222,7 +223,6 @@ class OrchestratorCore:
         self._plan(request, await self.target())
 
     async def generate(self, request: GenerationRequest, on_delta: OnDelta | None = None) -> GenerationResult:
-        self.metrics.live_requests.inc()
         self.live_requests += 1
         try:
             with request_span(request) as span:
@@ -233,7 +233,6 @@ class OrchestratorCore:
             self.metrics.record_error(exc)
             raise
         finally:
-            self.metrics.live_requests.dec()
             self.live_requests -= 1
         self.metrics.record(result.samples, result.draft, result.policy, result.started_at)
         return result
@@ -302,13 +301,13 @@ class OrchestratorCore:
         streams' deadline; a failure or cancellation cancels both streams at once (the services free their
         sessions when a stream ends), a normal end half-closes them."""
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        drafting = self._draft is not None and spec.draft.kind != "none"
+        draft_stub = self._draft if spec.draft.kind != "none" else None
         with (
             session_span("Verifier", spec.index) as verifier_md,
-            session_span("Draft", spec.index, drafting) as draft_md,
+            session_span("Draft", spec.index, draft_stub is not None) as draft_md,
         ):
             verifier = VerifierStream(self._verifier, timeout, verifier_md)
-            stream = DraftStream(self._draft, timeout, draft_md) if self._draft is not None and drafting else None
+            stream = DraftStream(draft_stub, timeout, draft_md) if draft_stub is not None else None
             draft = GuardedDraft(stream, self.limits.draft_open_timeout_s, self.limits.draft_timeout_s)
             try:
                 result = await run_sample(spec, verifier, draft, target.tokenizer, on_delta)

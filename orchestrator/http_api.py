@@ -23,7 +23,6 @@ from typing import Any
 
 import grpc
 import uvicorn
-from google.protobuf.json_format import MessageToDict
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -33,6 +32,7 @@ from specdec import tracing
 from specdec.errors import InvalidArgument, SpecdecError
 from specdec.orchestrator.core import GenerationRequest, GenerationResult, OrchestratorCore, stats_to_pb
 from specdec.orchestrator.loop import Delta
+from specdec.wire import message_dict
 
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -128,9 +128,7 @@ def usage(result: GenerationResult) -> dict[str, int]:
 
 def specdec_stats(result: GenerationResult) -> dict[str, Any]:
     """What was run and every GenerationStats field, as the gRPC API reports them."""
-    stats = MessageToDict(
-        stats_to_pb(result), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    stats = message_dict(stats_to_pb(result))
     run = {"draft": result.draft, "k": result.k, "k_controller": result.k_controller, "policy": result.policy}
     return {**run, "seed": result.seed, **stats}
 

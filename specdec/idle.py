@@ -17,10 +17,12 @@ async def expiring(requests: AsyncIterator[T], ttl_s: float | None, service: str
     iterator = aiter(requests)
     while True:
         try:
-            yield await asyncio.wait_for(anext(iterator), ttl_s)
+            async with asyncio.timeout(ttl_s):  # a timer on this task, not a new task per message (wait_for)
+                request = await anext(iterator)
         except StopAsyncIteration:
             return
         except TimeoutError:
             raise DeadlineExceeded(
                 f"the {service} session was idle for more than {ttl_s:g} s and expired (--session-ttl)"
             ) from None
+        yield request  # outside the timer: the time spent serving the request is not idle time

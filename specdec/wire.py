@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
 from specdec.errors import InvalidArgument
 from specdec.sampling import SamplingConfig
@@ -12,6 +16,12 @@ from specdec.v1 import common_pb2
 DENSE = common_pb2.PROBS_ENCODING_DENSE
 SPARSE = common_pb2.PROBS_ENCODING_SPARSE
 AUTO = common_pb2.PROBS_ENCODING_UNSPECIFIED
+
+
+def message_dict(msg: Message) -> dict[str, Any]:
+    """Every field of a message as plain JSON-ready values, zeros and empty lists included, with the proto's
+    own field names (GenerationStats for the CLI's --json, the HTTP API's `specdec` field and benchmarks)."""
+    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
 def sampling_from_pb(msg: common_pb2.SamplingParams) -> SamplingConfig:
