@@ -1,5 +1,5 @@
-"""Fault injection for tests: a TCP proxy that delays or drops a peer's traffic, and a service run as a real
-process that can be killed (SIGKILL, no goodbye) and started again on the same port."""
+"""Fault injection for tests: a TCP proxy that delays or drops a peer's traffic, a service run as a real
+process that can be killed (SIGKILL, no goodbye) and started again on the same port, and a poll for recovery."""
 
 from __future__ import annotations
 
@@ -11,9 +11,22 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Awaitable, Callable
 
 SPECDEC = [sys.executable, "-m", "specdec.orchestrator.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], seconds: float = 60.0) -> None:
+    """Poll `check` until it holds (generous bound: catches hangs and leaks, never times a fast path)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = check()
+        if await result if asyncio.iscoroutine(result) else result:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"still not true after {seconds:g} s")
 
 
 class DelayProxy:

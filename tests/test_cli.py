@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults import ENV, SPECDEC
 from tests.helpers import assert_greedy_identical, hf_greedy, load
-
-SPECDEC = [sys.executable, "-m", "specdec.orchestrator.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 @contextmanager

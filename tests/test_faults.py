@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -23,23 +23,12 @@ from specdec.v1 import verifier_pb2, verifier_pb2_grpc
 from specdec.verifier_service.core import VerifierCore
 from specdec.verifier_service.server import SERVICE_NAME as VERIFIER_SERVICE
 from specdec.verifier_service.server import VerifierServicer
-from tests.faults import DelayProxy, ServiceProcess
+from tests.faults import DelayProxy, ServiceProcess, eventually
 from tests.helpers import assert_greedy_identical, load
 
 PROMPT = "def add(a, b):"  # the tiny target's greedy continuation runs to any length without EOS
 REPEATING = "one two three four five one two three four five one two three"  # prompt lookup finds matches
 LONG = 300  # tokens: long enough to still be generating when a fault is injected
-
-
-async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], seconds: float = 60.0) -> None:
-    """Poll `check` until it holds (generous bound: catches hangs and leaks, never times a fast path)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        result = check()
-        if await result if asyncio.iscoroutine(result) else result:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"still not true after {seconds:g} s")
 
 
 async def start_verifier(lm: LoadedModel, **servicer_options: object) -> service.RunningServer:

@@ -18,9 +18,8 @@ from specdec.orchestrator.server import serve as serve_orchestrator
 from specdec.v1 import verifier_pb2, verifier_pb2_grpc
 from specdec.verifier_service.server import serve as serve_verifier
 from specdec.verifier_service.server import serve_loading
-from tests.faults import ENV, SPECDEC, free_port
+from tests.faults import ENV, SPECDEC, eventually, free_port
 from tests.helpers import load
-from tests.test_faults import eventually
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
