@@ -320,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("file", help="the spans file (SPECDEC_TRACE_FILE of the services)")
     report.add_argument("--trace-id", default="", help="only this trace (a prefix of its id is enough)")
     report.add_argument("--width", type=int, default=40, help="characters of the waterfall's bars")
+    receiver = commands.add_parser(
+        "trace-receiver", help="an OTLP/gRPC trace receiver that writes the spans it gets as jsonl (`specdec trace`)"
+    )
+    receiver.add_argument("--out", required=True, help="the jsonl file to append spans to")
+    receiver.add_argument("--port", type=int, default=int(_env("PORT", "4317")), help="0: any free (env SPECDEC_PORT)")
+    receiver.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to bind (env SPECDEC_HOST)")
     add_bench_parser(commands, _add_model_flags, lambda p: _add_security_flags(p, server=False, client=True), _security)
     return parser
 
@@ -338,6 +344,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     if args.command == "trace":
         return _trace_report(args)
+    if args.command == "trace-receiver":
+        from specdec.otlp_receiver import run as run_receiver
+
+        run_receiver(args.out, args.port, args.host)
+        return 0
     try:
         tracing.exporter_names()  # an unknown OTEL_TRACES_EXPORTER fails here, before anything starts
         if args.command == "serve":

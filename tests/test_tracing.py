@@ -8,22 +8,19 @@ import asyncio
 import json
 import re
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 from opentelemetry import trace
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from specdec import tracing
+from specdec import otlp_receiver, tracing
 from specdec.orchestrator import cli
 from specdec.orchestrator.client import SpecdecClient, build_request
 from specdec.orchestrator.embedded import EmbeddedStack
@@ -160,43 +157,21 @@ async def test_content_is_opt_in_and_http_callers_pass_their_trace_context(
     assert list(attributes["specdec.completions"]) == [reply.json()["choices"][0]["text"]]
 
 
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP/gRPC trace receiver: keeps every export request."""
-
-    def __init__(self) -> None:
-        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
-
-    def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        self.requests.append(request)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def spans_by_service(self) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {}
-        for request in self.requests:
-            for resource_spans in request.resource_spans:
-                attrs = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-                names = [s.name for scope in resource_spans.scope_spans for s in scope.spans]
-                found.setdefault(attrs[SERVICE_NAME], []).extend(names)
-        return found
-
-
 @pytest.fixture
-def collector() -> Iterator[tuple[Collector, int]]:
-    servicer = Collector()
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+def receiver(tmp_path: Path) -> Iterator[tuple[otlp_receiver.SpanFileReceiver, int]]:
+    """Our OTLP/gRPC receiver (the collector's TraceService from opentelemetry-proto) on a free port."""
+    server, port, servicer = otlp_receiver.serve(tmp_path / "received.jsonl", port=0, host="127.0.0.1")
     yield servicer, port
     server.stop(0)
 
 
-async def test_otlp_export_reaches_a_collector(
-    collector: tuple[Collector, int], tiny_target: Path, monkeypatch: pytest.MonkeyPatch
+async def test_otlp_export_reaches_a_receiver_and_the_trace_report_reads_it(
+    receiver: tuple[otlp_receiver.SpanFileReceiver, int],
+    tiny_target: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    servicer, port = collector
+    servicer, port = receiver
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
@@ -205,11 +180,24 @@ async def test_otlp_export_reaches_a_collector(
     async with EmbeddedStack(target=str(tiny_target), device="cpu") as stack:
         response = await generate(stack, ids)
     await asyncio.to_thread(tracing.force_flush)  # EmbeddedStack flushes on exit; this one is for certain
-    found = servicer.spans_by_service()
+    lines = [json.loads(line) for line in servicer.path.read_text().splitlines()]
+    assert servicer.spans_received == len(lines) > 0
+    found: dict[str, list[str]] = {}
+    for line in lines:
+        found.setdefault(line["service"], []).append(line["name"])
     assert set(found) == {"specdec-orchestrator", "specdec-verifier", "specdec-draft"}
     assert found["specdec-orchestrator"].count("specdec.step") == response.stats.steps
     assert found["specdec-verifier"].count("verify") == response.stats.steps
     assert "propose" in found["specdec-draft"]
+    # The receiver writes the jsonl exporter's format, kinds and statuses included, so `specdec trace` reads it.
+    assert {line["kind"] for line in lines} >= {"SERVER", "CLIENT", "INTERNAL"}
+    assert {line["status"] for line in lines} <= {"UNSET", "OK", "ERROR"}
+    step = next(line for line in lines if line["name"] == "specdec.step")
+    assert isinstance(step["attributes"]["specdec.k"], int) and step["parent_span_id"]
+    [request] = request_traces(lines)
+    assert len(request.steps) == response.stats.steps
+    assert cli.main(["trace", str(servicer.path)]) == 0
+    assert "where the time went" in capsys.readouterr().out
 
 
 async def test_jsonl_file_and_the_trace_report(
