@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 SPECDEC = [sys.executable, "-m", "specdec.orchestrator.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -30,11 +30,12 @@ async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], 
 
 
 class DelayProxy:
-    """127.0.0.1:`port` -> 127.0.0.1:`target_port`, holding every chunk `delay_s` in both directions (a slow
+    """127.0.0.1:`port` -> `target_host`:`target_port`, holding every chunk `delay_s` in both directions (a slow
     network or a slow peer). `kill()` drops every connection and refuses new ones; `revive()` undoes it."""
 
-    def __init__(self, target_port: int, delay_s: float = 0.0) -> None:
+    def __init__(self, target_port: int, delay_s: float = 0.0, target_host: str = "127.0.0.1") -> None:
         self.target_port = target_port
+        self.target_host = target_host
         self.delay_s = delay_s
         self.dead = False
         self._server: asyncio.Server | None = None
@@ -73,7 +74,7 @@ class DelayProxy:
             client_writer.transport.abort()
             return
         try:
-            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            upstream_reader, upstream_writer = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:
             client_writer.transport.abort()
             return
@@ -104,21 +105,25 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    """`specdec serve SERVICE ARGS --port PORT` as a child process."""
+    """`specdec serve SERVICE ARGS --host HOST --port PORT` as a child process; `prefix` runs it elsewhere (e.g. in
+    a network namespace: `ip netns exec NS`)."""
 
-    def __init__(self, *args: str, port: int | None = None) -> None:
+    def __init__(
+        self, *args: str, port: int | None = None, host: str = "127.0.0.1", prefix: Sequence[str] = ()
+    ) -> None:
         self.args = args
+        self.host = host
         self.port = port or free_port()
+        self.prefix = list(prefix)
         self.proc: subprocess.Popen[str] | None = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self) -> ServiceProcess:
-        self.proc = subprocess.Popen(
-            [*SPECDEC, "serve", *self.args, "--port", str(self.port)], stdout=subprocess.PIPE, text=True, env=ENV
-        )
+        command = [*self.prefix, *SPECDEC, "serve", *self.args, "--host", self.host, "--port", str(self.port)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=ENV)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # blocks until the service listens (it prints its address)
         assert re.search(r"listening on \S+", line), f"unexpected first line: {line!r}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,18 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def prerequisite(ok: bool, reason: str) -> None:
+    """A test's outside prerequisite (root, Docker, namespaces): in CI (CI set) its absence fails the test, on a
+    developer laptop it skips it."""
+    import pytest
+
+    if ok:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run this test, but {reason}")
+    pytest.skip(reason)
 
 
 def build_tiny_tokenizer(out: Path, vocab_size: int) -> Path:

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from specdec.modeling import default_model_dir
-from tests.helpers import assert_greedy_identical, hf_greedy, load
+from tests.helpers import assert_greedy_identical, hf_greedy, load, prerequisite
 
 pytestmark = pytest.mark.real_model
 
@@ -43,14 +43,6 @@ PROMPT = (
 )
 MAX_NEW = 48
 timings: dict[str, float] = {}
-
-
-def prerequisite(ok: bool, reason: str) -> None:
-    if ok:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the compose test, but: {reason}")
-    pytest.skip(reason)
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 900, step: str = "") -> str:
