@@ -49,6 +49,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+DEFAULT_SHUTDOWN_GRACE_S = 30.0  # as Kubernetes' default termination grace period
+
+
 def _add_listen_flags(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument(
         "--port",
@@ -57,6 +60,13 @@ def _add_listen_flags(p: argparse.ArgumentParser, default_port: int) -> None:
         help="0 binds a free port (env SPECDEC_PORT)",
     )
     p.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to bind (env SPECDEC_HOST)")
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=float(_env("SHUTDOWN_GRACE", str(DEFAULT_SHUTDOWN_GRACE_S))),
+        help="on SIGTERM/SIGINT, seconds in-flight requests may take to finish before they are cancelled "
+        f"(default {DEFAULT_SHUTDOWN_GRACE_S:g}; env SPECDEC_SHUTDOWN_GRACE)",
+    )
 
 
 def _add_metrics_flag(p: argparse.ArgumentParser, what: str) -> None:
@@ -410,6 +420,7 @@ async def _serve(args: argparse.Namespace) -> None:
             security=security,
             limits=_limits(args),
             service_limits=_service_limits(args),
+            grace_s=args.shutdown_grace,
         )
         async with stack:
             _announce(args, stack.servers[-1])
@@ -461,7 +472,7 @@ async def _serve(args: argparse.Namespace) -> None:
     _announce(args, running)
     with profiling(getattr(args, "profile", None), args.service):
         await _wait_for_signal()
-        await running.stop(grace=5.0)
+        await running.stop(grace=args.shutdown_grace)
 
 
 def _announce(args: argparse.Namespace, running: Any) -> None:

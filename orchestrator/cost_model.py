@@ -44,6 +44,8 @@ PRIOR_STRENGTH = 2.0  # pseudo-trials behind a prior acceptance
 MAX_PRIOR_STRENGTH = 8.0  # what earlier sessions taught weighs at most this many of this session's trials
 CAUTION = 1.0  # decisions use acceptance estimates this many standard errors below the mean
 PRIOR_SLOPE = 0.05  # t_verify(K) ~ t_verify(0) * (1 + PRIOR_SLOPE * K) until measured
+OUTLIER = 2.0  # a K's cost estimate above this multiple of the prior model is suspect while it goes unmeasured
+RELAX = 0.2  # per target-only step, how far such an estimate relaxes towards that ceiling
 NO_PROPOSAL = -1  # the bucket of a draft call that proposed nothing
 FREE_DRAFT = 0.02  # a draft whose K_max tokens cost < 2% of a target step is treated as free
 
@@ -150,9 +152,22 @@ class Timings:
 
     def record_verify(self, k: int, compute_ms: float, network_ms: float) -> None:
         self.verify_by_k[k] = ema(self.verify_by_k.get(k), compute_ms, self.weight)
+        if k == 0:
+            self._relax(self.verify_by_k[0])
         self.verify_network = ema(self.verify_network, network_ms, self.weight)
         if self.parent is not None:
             self.parent.record_verify(k, compute_ms, network_ms)
+
+    def _relax(self, target_only_ms: float) -> None:
+        """A K that is no longer verified is no longer measured: an estimate inflated by one slow step (a cold
+        first pass, a busy machine) would stop the controller from ever trying that K again. So while decoding
+        target-only, estimates beyond OUTLIER x the prior model of the current step cost relax towards that
+        ceiling; one real measurement puts them back where they belong. (A K that is merely dear, as blocks are
+        here at ~1.6x a single token, stays dear: no retries that cannot pay.)"""
+        for k, ms in self.verify_by_k.items():
+            ceiling = OUTLIER * target_only_ms * (1 + PRIOR_SLOPE * k)
+            if k > 0 and ms > ceiling:
+                self.verify_by_k[k] = ms + RELAX * (ceiling - ms)
 
     def record_draft(self, proposed: int, draft_ms: float, network_ms: float) -> None:
         if proposed:  # a call that proposed nothing says nothing about the cost per token

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,9 +30,10 @@ class Session:
 
     def __init__(
         self, controller: CostModelK | HeuristicK, seed: int = 0, draft_ms_per_token: float = 0.01,
-        draft_network_ms: float = 0.5,
+        draft_network_ms: float = 0.5, cost: Callable[[int], float] = verify_cost,
     ) -> None:  # fmt: skip
         self.controller = controller
+        self.cost = cost
         self.rng = random.Random(seed)
         self.truth = [self.rng.randrange(1000) for _ in range(5000)]
         self.position = 0
@@ -59,7 +61,7 @@ class Session:
         committed = tuple(self.truth[self.position : self.position + accepted + 1])
         c.observe(StepObservation(
             k=k, proposed=len(proposal), drafted=keep, accepted=accepted,
-            draft_ms=self.draft_ms_per_token * len(proposal), verify_ms=verify_cost(keep),
+            draft_ms=self.draft_ms_per_token * len(proposal), verify_ms=self.cost(keep),
             draft_network_ms=self.draft_network_ms if k else 0.0, verify_network_ms=1.0, match_length=match_length,
             position=self.position, committed=committed,
         ))  # fmt: skip
@@ -151,6 +153,22 @@ def test_a_known_free_draft_stays_free_when_timings_are_noisy() -> None:
     declared.run(40, agree=0.6, match_length=4)
     assert set(declared.asked[2:]) <= {0, 8} and declared.asked[2:].count(8) >= 30
     assert sum(declared.verified) > sum(judged.verified)
+
+
+def test_one_slow_verify_does_not_stop_speculation_for_good() -> None:
+    """The first block's verify is cold (10x its cost) and the first proposal is wrong: K > 0 then looks
+    ruinous and stops being verified, hence measured. While decoding target-only its inflated estimate relaxes
+    towards the prior, so the controller verifies again and measures the real cost."""
+    steps = iter(range(10**6))
+
+    def cold_first(k: int) -> float:
+        return verify_cost(k) * (10.0 if next(steps) == 0 else 1.0)
+
+    session = Session(CostModelK(k_start=8, k_max=8, free_draft=True), cost=cold_first)
+    session.step(agree=0.0, match_length=8)  # cold, and nothing accepted
+    session.run(80, agree=0.9, match_length=8)
+    assert session.verified[0] == 8
+    assert sum(v > 0 for v in session.verified[-40:]) >= 35, session.verified
 
 
 def test_expected_tokens() -> None:
