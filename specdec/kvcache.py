@@ -43,6 +43,11 @@ class CachedSequence:
             self.cache.crop(-excess)
             del self.tokens[length:]
 
+    def reset(self) -> None:
+        """Forget everything (a fresh cache): the next forward re-feeds the whole committed sequence."""
+        self.cache = DynamicCache()
+        self.tokens.clear()
+
     def pending(self, committed: Sequence[int]) -> list[int]:
         """Roll back to the part of the cache that agrees with `committed` (keeping at least the last
         committed token uncached, so its next-token logits can be computed) and return the uncached tail."""

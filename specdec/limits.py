@@ -15,15 +15,20 @@ DEFAULT_MAX_SESSIONS = 256  # open sessions per verifier / draft service (--max-
 DEFAULT_SESSION_TTL_S = 300.0  # a session stream idle this long is expired (--session-ttl)
 DEFAULT_MAX_CONCURRENT_REQUESTS = 64  # requests an orchestrator generates at once (--max-concurrent-requests)
 DEFAULT_MAX_QUEUED_REQUESTS = 256  # requests waiting for a slot; beyond it RESOURCE_EXHAUSTED (--max-queued-requests)
+DEFAULT_BATCH_WINDOW_S = 0.002  # a verify batch waits this long for other live sessions' blocks (--batch-window-ms)
+DEFAULT_MAX_BATCH = 16  # blocks of different sessions verified in one forward pass at most (--max-batch)
 DEFAULT_DRAFT_TIMEOUT_S = 10.0  # a propose slower than this fails the draft over to target-only (--draft-timeout)
 
 
 @dataclass(frozen=True)
 class ServiceLimits:
-    """What a verifier or draft service holds at most (`--max-sessions`, `--session-ttl`)."""
+    """What a verifier or draft service holds at most (`--max-sessions`, `--session-ttl`), and how a verifier
+    batches blocks of concurrent sessions (`--batch-window-ms`, `--max-batch`)."""
 
     max_sessions: int = DEFAULT_MAX_SESSIONS
     session_ttl_s: float | None = DEFAULT_SESSION_TTL_S  # None: idle sessions never expire
+    batch_window_s: float = DEFAULT_BATCH_WINDOW_S
+    max_batch: int = DEFAULT_MAX_BATCH  # 1: no batching
 
 
 class SessionCapacity:

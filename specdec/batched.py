@@ -1,0 +1,133 @@
+"""One forward pass for several sessions at once (continuous batching over ragged sequences).
+
+Each session keeps its own KV cache (`CachedSequence`) and feeds its own number of new tokens. The new tokens of
+all sessions are laid end to end as one sequence of N tokens, so every weight matrix (QKV, output projection, MLP,
+LM head) is read once per step for all sessions; only attention is computed per session, against that session's
+own cache, with a causal mask offset by its cached length. No padding and no cache copies: the per-session cache
+grows exactly as it would in a single-session forward.
+
+Supported: decoder-only models of the Llama family (llama, mistral without sliding window, qwen2, smollm: RMSNorm,
+rotary embeddings, grouped-query attention, gated MLP). `supports_batching(model)` says whether a model qualifies;
+`extend_many` falls back to one forward per session otherwise, so callers never need two code paths.
+
+Numerics: the shared matrix products have more rows than a single session's, which can change float rounding in
+the last bits; greedy identity therefore holds up to near-ties, as for any batch size change.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from specdec.kvcache import CachedSequence, ForwardOutput
+
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
+
+
+@dataclass
+class ExtendJob:
+    """Run `token_ids` through `seq`'s model and append them to its cache (what `CachedSequence.extend` does)."""
+
+    seq: CachedSequence
+    token_ids: list[int]
+    keep_logits: int = 1
+    want_hidden: bool = False
+
+
+def supports_batching(model: Any) -> bool:
+    """Whether `extend_many` can run `model` as one ragged batch (else it runs one forward per session)."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", "") not in SUPPORTED_MODEL_TYPES:
+        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False  # a sliding window changes the mask: leave it to the model's own forward
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    return bool(layers) and all(hasattr(inner, name) for name in ("embed_tokens", "rotary_emb", "norm"))
+
+
+def extend_many(model: Any, jobs: Sequence[ExtendJob]) -> list[ForwardOutput]:
+    """Every job's forward output, from one batched pass when the model supports it (and there are >= 2)."""
+    if len(jobs) < 2 or not supports_batching(model):
+        return [job.seq.extend(job.token_ids, job.keep_logits, job.want_hidden) for job in jobs]
+    return _ragged_forward(model, jobs)
+
+
+def _ragged_forward(model: Any, jobs: Sequence[ExtendJob]) -> list[ForwardOutput]:
+    inner = model.model
+    device = model.device
+    lengths = [len(job.token_ids) for job in jobs]  # T_i new tokens per session
+    offsets = [len(job.seq.tokens) for job in jobs]  # L_i cached tokens per session
+    starts = [sum(lengths[:i]) for i in range(len(jobs))]
+    ids = torch.tensor([[t for job in jobs for t in job.token_ids]], dtype=torch.long, device=device)  # [1, N]
+    positions = torch.tensor(
+        [[offset + j for offset, length in zip(offsets, lengths, strict=True) for j in range(length)]], device=device
+    )  # [1, N] each token's position in its own sequence
+    masks = [_causal_mask(length, offset, device) for length, offset in zip(lengths, offsets, strict=True)]
+
+    hidden = inner.embed_tokens(ids)  # [1, N, H]
+    cos, sin = inner.rotary_emb(hidden, position_ids=positions)  # [1, N, head_dim] each
+    for layer_idx, layer in enumerate(inner.layers[: model.config.num_hidden_layers]):
+        attended = _attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin, jobs, starts, masks, layer_idx)
+        hidden = hidden + attended
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    hidden = inner.norm(hidden)  # [1, N, H] final hidden states (what output_hidden_states[-1] holds)
+
+    outputs = []
+    for job, start, length in zip(jobs, starts, lengths, strict=True):
+        keep = max(1, job.keep_logits)
+        logits = model.lm_head(hidden[0, start + length - keep : start + length])  # [keep, V]
+        job.seq.tokens.extend(int(t) for t in job.token_ids)
+        outputs.append(
+            ForwardOutput(logits=logits, hidden=hidden[0, start : start + length] if job.want_hidden else None)
+        )
+    return outputs
+
+
+def _attention(
+    attn: Any,
+    x: torch.Tensor,  # [1, N, H] normalised hidden states of every session's new tokens
+    cos: torch.Tensor,  # [1, N, head_dim]
+    sin: torch.Tensor,
+    jobs: Sequence[ExtendJob],
+    starts: Sequence[int],
+    masks: Sequence[torch.Tensor | None],
+    layer_idx: int,
+) -> torch.Tensor:
+    n = x.shape[1]
+    head_dim = attn.head_dim
+    q = attn.q_proj(x).view(1, n, -1, head_dim).transpose(1, 2)  # [1, Hq, N, d]
+    k = attn.k_proj(x).view(1, n, -1, head_dim).transpose(1, 2)  # [1, Hkv, N, d]
+    v = attn.v_proj(x).view(1, n, -1, head_dim).transpose(1, 2)  # [1, Hkv, N, d]
+    q, k = _rotary(attn)(q, k, cos, sin)
+    outs = []
+    for job, start, mask in zip(jobs, starts, masks, strict=True):
+        end = start + len(job.token_ids)
+        # Append this session's keys/values to its own cache; attend over everything it has cached.
+        keys, values = job.seq.cache.update(k[:, :, start:end], v[:, :, start:end], layer_idx)  # [1, Hkv, L+T, d]
+        outs.append(
+            F.scaled_dot_product_attention(
+                q[:, :, start:end], keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=True
+            )
+        )  # [1, Hq, T, d]
+    merged = torch.cat(outs, dim=2).transpose(1, 2).reshape(1, n, -1)  # [1, N, Hq * d]
+    return attn.o_proj(merged)  # type: ignore[no-any-return]
+
+
+def _causal_mask(length: int, offset: int, device: torch.device) -> torch.Tensor | None:
+    """[T, L+T] bool: new token j sees the L cached positions and new tokens 0..j. None for one new token."""
+    if length == 1:
+        return None  # a single query may attend to every cached key
+    cached = torch.ones(length, offset, dtype=torch.bool, device=device)
+    new = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    return torch.cat([cached, new], dim=1)
+
+
+def _rotary(attn: Any) -> Any:
+    """The model family's own `apply_rotary_pos_emb`, from the module that defines its attention class."""
+    return sys.modules[type(attn).__module__].apply_rotary_pos_emb

@@ -1,0 +1,91 @@
+"""Verifier batching: verify requests of concurrent sessions that are waiting at the same time run as one batched
+forward on the model worker (`VerifierCore.verify_batch`).
+
+Batches form by themselves: while the model runs one batch, the requests that arrive queue up and become the
+next batch. `window_s` additionally holds a batch back for up to that long to let stragglers join, but only
+while other live sessions could still send (a lone session never waits). `max_batch` caps a batch's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from specdec.limits import DEFAULT_BATCH_WINDOW_S, DEFAULT_MAX_BATCH
+from specdec.service import ModelWorker
+
+
+@dataclass
+class VerifyRequest:
+    session: Any  # a VerifierSession
+    position: int
+    draft_tokens: list[int]
+    draft_probs: torch.Tensor | None
+    future: asyncio.Future[Any]
+
+
+class VerifyBatcher:
+    """Queues verify requests and runs them in batches on `worker` through `run_batch(requests)`, which returns
+    one outcome or exception per request, in order."""
+
+    def __init__(
+        self,
+        worker: ModelWorker,
+        run_batch: Callable[[Sequence[VerifyRequest]], list[Any]],
+        live_sessions: Callable[[], int],
+        window_s: float = DEFAULT_BATCH_WINDOW_S,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        if window_s < 0 or max_batch < 1:
+            raise ValueError(f"batch window must be >= 0 and max batch >= 1, got {window_s} and {max_batch}")
+        self.worker = worker
+        self.run_batch = run_batch
+        self.live_sessions = live_sessions
+        self.window_s = window_s
+        self.max_batch = max_batch
+        self._queue: list[VerifyRequest] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self.batches = 0  # batches run, and requests in them: their ratio is the mean batch size
+        self.batched_requests = 0
+
+    async def verify(self, session: Any, position: int, tokens: list[int], probs: torch.Tensor | None) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(VerifyRequest(session, position, tokens, probs, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        return await future  # cancelling the caller leaves its request in the batch: the session is closed after it
+
+    async def _drain(self) -> None:
+        while self._queue:
+            if self.window_s and len(self._queue) < min(self.max_batch, self.live_sessions()):
+                await asyncio.sleep(self.window_s)  # others are mid-step: let them join this batch
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            self.batches += 1
+            self.batched_requests += len(batch)
+            try:
+                results = await self.worker.run(self.run_batch, batch)
+            except BaseException as exc:  # the batch itself failed (a bug): every caller learns why
+                results = [exc] * len(batch)
+                if not isinstance(exc, Exception):
+                    self._deliver(batch, results)
+                    raise
+            self._deliver(batch, results)
+
+    @staticmethod
+    def _deliver(batch: Sequence[VerifyRequest], results: Sequence[Any]) -> None:
+        """Deliver each result (an outcome, or the exception that request raised) to its caller."""
+        for request, result in zip(batch, results, strict=True):
+            if request.future.done():  # the caller was cancelled
+                continue
+            if isinstance(result, BaseException):
+                request.future.set_exception(result)
+            else:
+                request.future.set_result(result)
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.batched_requests / self.batches if self.batches else 0.0
