@@ -60,6 +60,13 @@ def add_bench_parser(
     where.add_argument("--openai-url", default=None, help="base URL of an OpenAI-compatible server")
     where.add_argument("--model", default=None, help="--openai-url: the model id (default: the first listed)")
     where.add_argument("--api-key", default=None, help="--openai-url: bearer token (default env OPENAI_API_KEY)")
+    perf = bench.add_argument_group("performance report (instead of the sweep; bench/perf.py)")
+    perf.add_argument(
+        "--perf", action="store_true",
+        help="lean path vs HF generate, 1 vs --concurrency (default 8) sessions, and the draft's speedup at each "
+        "--rtt-ms with draft-ahead off and on (first --draft and --k; default ngram, K=8)",
+    )  # fmt: skip
+    perf.add_argument("--rtt-ms", type=csv_of(float), default=[0.0, 5.0, 20.0], help="added round trips to try")
     load = bench.add_argument_group("load mode (instead of the sequential sweep)")
     load.add_argument("--concurrency", type=int, default=None, help="concurrent clients")
     load.add_argument("--rate", type=float, default=None, help="request starts per second (default: unpaced)")
@@ -98,6 +105,8 @@ async def run_bench(args: argparse.Namespace) -> int:
         temperature=args.temperature, seed=args.seed, hf_peers=not remote if args.hf is None else args.hf,
         remote_as_is=args.openai_url is not None and args.draft is None,
     )  # fmt: skip
+    if args.perf:
+        return await _perf(args, cfg)
     load_mode = args.concurrency is not None or args.rate is not None
     try:
         cfg.validate()
@@ -113,6 +122,32 @@ async def run_bench(args: argparse.Namespace) -> int:
             return await _load(args, cfg, targets, system, out)
         rows, runs = await _sweep(args, cfg, targets, len(prompts))
     return _report(args, cfg, system, runs, rows, out)
+
+
+async def _perf(args: argparse.Namespace, cfg: Any) -> int:
+    import asyncio
+    import json
+
+    from specdec.bench.foundation import system_info
+    from specdec.bench.perf import PerfConfig, format_report, run_perf
+    from specdec.modeling import load_model
+
+    if args.orchestrator or args.openai_url:
+        return _usage_error("--perf runs its own services (with added latency); it cannot use a remote target")
+    perf = PerfConfig(
+        suites=cfg.suites, prompts_per_suite=cfg.prompts_per_suite or 2, max_new_tokens=cfg.max_new_tokens,
+        draft=cfg.drafts[0], k=args.k[0] if args.k != [4] else 8, concurrency=args.concurrency or 8,
+        rtts_ms=[0.0, *[r for r in args.rtt_ms if r > 0]], prompts_file=cfg.prompts_file,
+    )  # fmt: skip
+    lm = await asyncio.to_thread(load_model, args.target, args.device, args.dtype)
+    report = await run_perf(lm, perf)
+    report["system"] = system_info(lm)
+    out = args.out or Path("results") / f"perf-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "perf.json").write_text(json.dumps(report, indent=2, default=str))
+    print(format_report(report))
+    print(f"\nwrote {out / 'perf.json'}")
+    return 0
 
 
 def _usage_error(message: str) -> int:

@@ -7,7 +7,7 @@ is deterministic (greedy model drafts, n-gram lookup): the verifier then treats 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -31,6 +31,15 @@ class Drafter(Protocol):
     def close(self) -> None: ...
 
     def kv_cache_bytes(self) -> int: ...
+
+
+@runtime_checkable
+class FeatureDrafter(Drafter, Protocol):
+    """A drafter that drafts from the target's final hidden states (trained heads): they arrive with commits."""
+
+    def observe_hidden(self, start: int, hidden: torch.Tensor) -> None:
+        """hidden [N, H]: the target's final hidden states of committed positions start .. start+N-1."""
+        ...
 
 
 class NgramDrafter:

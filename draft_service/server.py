@@ -11,13 +11,14 @@ import grpc
 from specdec import service, tracing
 from specdec.draft_service.core import DraftCore, DraftOptions, DraftSession
 from specdec.draft_service.drafts import Proposal
+from specdec.draftspec import HEAD_KINDS, parse_draft
 from specdec.errors import FailedPrecondition, InvalidArgument, SpecdecError
 from specdec.idle import expiring
 from specdec.limits import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, ServiceLimits, SessionCapacity
 from specdec.metrics import ModelServiceMetrics
 from specdec.usage import UsageTracker
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
-from specdec.wire import encode_distribution, sampling_from_pb
+from specdec.wire import encode_distribution, hidden_from_pb, sampling_from_pb
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = draft_pb2.DESCRIPTOR.services_by_name["Draft"].full_name
@@ -97,17 +98,20 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
                             s.set_attributes({"specdec.proposed": proposed, "specdec.draft_ms": draft_ms})
                 elif kind == "commit":
                     if span.is_recording():
-                        commit = {
+                        event = {
                             "specdec.position": request.commit.position,
                             "specdec.tokens": len(request.commit.token_ids),
                         }
-                        span.add_event("commit", commit)
+                        span.add_event("commit", event)
                     try:
-                        session.commit(request.commit.position, list(request.commit.token_ids))
+                        commit = request.commit
+                        hidden = hidden_from_pb(commit.hidden_states) if commit.HasField("hidden_states") else None
+                        session.commit(commit.position, list(commit.token_ids), hidden)
                     except SpecdecError as exc:
                         # Commits are not answered: keep the stream open and fail the next propose, so the
                         # client reads this status instead of a send failure on its next write.
                         failed_commit = failed_commit or exc
+            await opened.aclose()  # the client half-closed: its session is freed before the stream ends
         except Exception as exc:
             tracing.record_error(span, exc)
             await service.abort_with(context, exc)
@@ -125,8 +129,9 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
         once for prompt lookup); the final chunk has `last` set."""
         start = time.perf_counter()
         drafter = session.drafter
-        proposals = session.propose(request.position, request.max_tokens, request.min_confidence)
-        position = request.position
+        assumed = list(request.assumed_token_ids)  # draft-ahead: being verified, assumed accepted
+        proposals = session.propose(request.position, request.max_tokens, request.min_confidence, assumed)
+        position = request.position + len(assumed)
         while True:
             batch = await self.worker.run(_next_batch, proposals, drafter.incremental)
             chunk = draft_pb2.DraftChunk(
@@ -151,6 +156,7 @@ def _propose_attributes(session: DraftSession, propose: draft_pb2.Propose) -> di
         "specdec.position": propose.position,
         "specdec.k": propose.max_tokens,
         "specdec.draft_method": session.spec.kind,
+        "specdec.assumed": len(propose.assumed_token_ids),
     }
 
 
@@ -165,6 +171,8 @@ def _options_from_pb(msg: draft_pb2.OpenDraftSession) -> DraftOptions:
         target_name=msg.target_name,
         target_fingerprint=msg.target_vocab_fingerprint,
         target_vocab_size=msg.target_vocab_size,
+        target_weights_fingerprint=msg.target_weights_fingerprint,
+        target_hidden_size=msg.target_hidden_size,
     )
 
 
@@ -177,7 +185,8 @@ async def serve(
     security: service.Security | None = None,
     limits: ServiceLimits | None = None,
 ) -> service.RunningServer:
-    """Start a draft service; `preload` model ids/paths are loaded and warmed up before it reports SERVING; with
+    """Start a draft service; `preload` model ids/paths (or eagle[:DIR] / medusa[:DIR] heads) are loaded and warmed
+    up before it reports SERVING; with
     `metrics_port`, Prometheus metrics too (see `.metrics_port`); `security`: token and TLS (default open);
     `limits`: session cap and idle TTL."""
     limits = limits or ServiceLimits()
@@ -194,7 +203,10 @@ async def serve(
     )
     try:
         for name in preload or []:
-            await servicer.worker.run(core.warm_up, await servicer.worker.run(core.model, name))
+            if name.partition(":")[0] in HEAD_KINDS:  # a trained head (and, for eagle, its target's embedding)
+                await servicer.worker.run(core.preload_head, parse_draft(name))
+            else:
+                await servicer.worker.run(core.warm_up, await servicer.worker.run(core.model, name))
     except BaseException:
         await running.stop(0)
         raise

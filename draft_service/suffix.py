@@ -166,9 +166,15 @@ class SuffixDrafter:
         self.sequence.extend(fresh)
 
     def propose(self, committed: Sequence[int], max_tokens: int, min_confidence: float = 0.0) -> Iterator[Proposal]:
+        return self.propose_ahead(committed, (), max_tokens)
+
+    def propose_ahead(self, committed: Sequence[int], assumed: Sequence[int], max_tokens: int) -> Iterator[Proposal]:
+        """Propose after committed + assumed (draft-ahead) without adding the assumed tokens to any tree: a wrong
+        guess then costs no rebuild, and only verified text ever reaches the shared cache."""
         self.sync(committed)
-        own = self.local.propose(self.sequence, max_tokens, self.config)
-        shared = self.cache.tree.propose(self.sequence, max_tokens, self.config)
+        context = [*self.sequence, *assumed]
+        own = self.local.propose(context, max_tokens, self.config)
+        shared = self.cache.tree.propose(context, max_tokens, self.config)
         self.match_length, tokens, _ = max(own, shared, key=lambda p: p[2])
         for token in tokens:
             yield token, None

@@ -19,7 +19,9 @@ from specdec.bench.cli import add_bench_parser, apply_config, run_bench
 from specdec.draftspec import SYNTAX as DRAFT_SYNTAX
 from specdec.errors import SpecdecError
 from specdec.limits import (
+    DEFAULT_BATCH_WINDOW_S,
     DEFAULT_DRAFT_TIMEOUT_S,
+    DEFAULT_MAX_BATCH,
     DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_MAX_QUEUED_REQUESTS,
     DEFAULT_MAX_SESSIONS,
@@ -113,8 +115,26 @@ def _add_session_limit_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_batching_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=float(_env("BATCH_WINDOW_MS", str(DEFAULT_BATCH_WINDOW_S * 1e3))),
+        help="verifier: how long a verify batch waits for other live sessions' blocks; 0: only what is queued "
+        "(env SPECDEC_BATCH_WINDOW_MS)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=int(_env("MAX_BATCH", str(DEFAULT_MAX_BATCH))),
+        help="verifier: most sessions' blocks in one forward pass; 1: no batching (env SPECDEC_MAX_BATCH)",
+    )
+
+
 def _service_limits(args: argparse.Namespace) -> ServiceLimits:
-    return ServiceLimits(args.max_sessions, args.session_ttl or None)
+    window_ms = getattr(args, "batch_window_ms", DEFAULT_BATCH_WINDOW_S * 1e3)
+    max_batch = getattr(args, "max_batch", DEFAULT_MAX_BATCH)
+    return ServiceLimits(args.max_sessions, args.session_ttl or None, window_ms / 1e3, max_batch)
 
 
 def _add_request_limit_flags(p: argparse.ArgumentParser) -> None:
@@ -239,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(verifier)
     _add_metrics_flag(verifier, "")
     _add_session_limit_flags(verifier)
+    _add_batching_flags(verifier)
     _add_security_flags(verifier, server=True, client=False)
     _add_profile_flag(verifier)
 
@@ -248,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preload",
         action="append",
         default=[s for s in _env("PRELOAD", "").split(",") if s],
-        help="model:ID_OR_PATH to load at start-up; repeatable (env SPECDEC_PRELOAD, comma-separated)",
+        help="model:ID_OR_PATH, eagle[:DIR] or medusa[:DIR] to load at start-up; repeatable "
+        "(env SPECDEC_PRELOAD, comma-separated)",
     )
     _add_model_flags(draft)
     _add_metrics_flag(draft, "")
@@ -276,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(everything)
     _add_request_limit_flags(everything)
     _add_session_limit_flags(everything)
+    _add_batching_flags(everything)
     _add_security_flags(everything, server=True, client=True)
     _add_profile_flag(everything)
 
@@ -299,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
         "0 when drafting does not pay) | fixed | heuristic (HF's rule) | confidence (llama.cpp's rule)",
     )
     gen.add_argument("--k-max", type=int, default=8, help="the most draft tokens per step when adaptive")
+    gen.add_argument(
+        "--draft-ahead",
+        choices=["on", "off"],
+        default=None,
+        help="draft the next block while one is verified (default: the server's, on)",
+    )
     gen.add_argument(
         "--draft-min-confidence", type=float, default=0.0, help="confidence controller: p_min (default 0.5)"
     )
@@ -337,7 +366,59 @@ def build_parser() -> argparse.ArgumentParser:
     receiver.add_argument("--port", type=int, default=int(_env("PORT", "4317")), help="0: any free (env SPECDEC_PORT)")
     receiver.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to bind (env SPECDEC_HOST)")
     add_bench_parser(commands, _add_model_flags, lambda p: _add_security_flags(p, server=False, client=True), _security)
+    _add_train_draft_parser(commands)
     return parser
+
+
+def _add_train_draft_parser(commands: Any) -> None:
+    train = commands.add_parser(
+        "train-draft",
+        help="train an EAGLE or Medusa draft head for a target on this machine (then --draft eagle:DIR / medusa:DIR)",
+    )
+    train.add_argument("--target", default=_env("TARGET", ""), help="HF id or path of the target (default model)")
+    train.add_argument("--method", choices=["eagle", "medusa"], required=True)
+    train.add_argument("--out", required=True, help="folder for model.safetensors and config.json")
+    train.add_argument("--minutes", type=float, default=5.0, help="training time (data generation not included)")
+    train.add_argument(
+        "--prompts", action="append", default=[], help="jsonl prompt file(s) for the training data (default: shipped)"
+    )
+    train.add_argument("--max-new-tokens", type=int, default=160, help="answer length when generating data")
+    train.add_argument("--gen-batch", type=int, default=48, help="prompts per batched generation call")
+    train.add_argument("--draft-vocab", type=int, default=8192, help="draft vocabulary size (0: the whole vocabulary)")
+    train.add_argument("--depth", type=int, default=3, help="eagle: unrolled drafting steps in training")
+    train.add_argument("--noise", type=float, default=0.05, help="eagle: input-feature noise, relative to their std")
+    train.add_argument("--medusa-heads", type=int, default=4, help="medusa: number of heads")
+    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine schedule over --minutes)")
+    train.add_argument("--data-dir", default="", help="where generated training data is cached (default: the cache)")
+    train.add_argument("--seed", type=int, default=0)
+    _add_model_flags(train)
+
+
+def _train_draft(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    import shlex
+    from pathlib import Path
+
+    from specdec.draft_service.heads.train import TrainConfig, train
+    from specdec.modeling import load_model
+
+    lm = load_model(args.target, args.device, args.dtype)
+    cfg = TrainConfig(
+        method=args.method,
+        minutes=args.minutes,
+        draft_vocab=args.draft_vocab,
+        max_new_tokens=args.max_new_tokens,
+        gen_batch=args.gen_batch,
+        depth=args.depth,
+        noise=args.noise,
+        medusa_heads=args.medusa_heads,
+        lr=args.lr,
+        seed=args.seed,
+        prompt_files=list(args.prompts),
+        data_dir=args.data_dir,
+    )
+    command = "specdec " + shlex.join(list(argv) if argv is not None else sys.argv[1:])
+    train(lm, cfg, Path(args.out), command)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -364,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             asyncio.run(_serve(args))
             return 0
+        if args.command == "train-draft":
+            return _train_draft(args, argv)
         if args.command == "bench":
             try:
                 args = apply_config(parser, argv, args)
@@ -511,6 +594,7 @@ async def _generate(args: argparse.Namespace) -> int:
         k_controller=args.k_controller,
         k_max=args.k_max,
         draft_min_confidence=args.draft_min_confidence,
+        draft_ahead=None if args.draft_ahead is None else args.draft_ahead == "on",
         policy=args.policy,
         policy_params={
             "typical_epsilon": args.typical_epsilon,

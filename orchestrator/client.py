@@ -34,6 +34,7 @@ def build_request(
     draft_min_confidence: float = 0.0,
     model: str = "",
     probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED,
+    draft_ahead: bool | None = None,
 ) -> orchestrator_pb2.GenerateRequest:
     """Keyword arguments -> GenerateRequest; None/zero leaves the server's default."""
     request = orchestrator_pb2.GenerateRequest(
@@ -62,6 +63,8 @@ def build_request(
         request.k = k
     if k_max is not None:
         request.k_max = k_max
+    if draft_ahead is not None:
+        request.draft_ahead = draft_ahead
     return request
 
 

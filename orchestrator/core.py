@@ -49,6 +49,7 @@ class Limits:
     default_k: int = 4
     default_k_max: int = 8
     default_k_controller: str = "cost"
+    default_draft_ahead: bool = True  # draft the next block while one is verified (GenerateRequest.draft_ahead)
     k_max: int = 32
     default_max_new_tokens: int = 128
     max_new_tokens: int = 4096
@@ -71,6 +72,8 @@ class TargetInfo:
     eos_token_ids: frozenset[int]
     max_context: int
     tokenizer: Any
+    weights_fingerprint: str = ""  # trained heads are checked against it
+    hidden_size: int = 0
 
 
 @dataclass
@@ -97,6 +100,7 @@ class GenerationRequest:
     draft_min_confidence: float = 0.0
     model: str = ""
     probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED
+    draft_ahead: bool | None = None  # None: the server's default (on)
     deadline: float | None = None  # time.monotonic() by which the client wants the answer (gRPC deadline)
     trace_parent: Any = None  # the caller's OpenTelemetry context (from gRPC metadata or HTTP headers), if any
 
@@ -153,6 +157,8 @@ def stats_to_pb(result: GenerationResult) -> orchestrator_pb2.GenerationStats:
         k_histogram=s.k_histogram(),
         mean_k=s.draft_tokens / s.steps if s.steps else 0.0,
         draft_failure=s.draft_failure,
+        draft_ahead_hits=s.draft_ahead_hits,
+        draft_ahead_misses=s.draft_ahead_misses,
     )
 
 
@@ -200,6 +206,8 @@ class OrchestratorCore:
                     eos_token_ids=frozenset(info.eos_token_ids),
                     max_context=info.max_context,
                     tokenizer=_tokenizer_from_files(dict(info.tokenizer_files)),
+                    weights_fingerprint=info.weights_fingerprint,
+                    hidden_size=info.hidden_size,
                 )
             return self._target
 
@@ -380,7 +388,10 @@ class OrchestratorCore:
                 target_name=target.name,
                 target_fingerprint=target.fingerprint,
                 target_vocab_size=target.vocab_size,
+                target_weights_fingerprint=target.weights_fingerprint,
+                target_hidden_size=target.hidden_size,
                 cost_priors=self._priors_for((draft.name, policy, base)),
+                draft_ahead=limits.default_draft_ahead if request.draft_ahead is None else request.draft_ahead,
             )
             for i in range(num_samples)
         ]

@@ -16,7 +16,7 @@ from typing import TypeVar
 import grpc
 
 from specdec.errors import Unavailable
-from specdec.orchestrator.streams import DraftBlock, DraftStream
+from specdec.orchestrator.streams import DraftBlock, DraftStream, SentPropose
 from specdec.v1 import draft_pb2
 
 log = logging.getLogger(__name__)
@@ -49,19 +49,48 @@ class GuardedDraft:
             await self._guard(self.stream.open(request), self.open_timeout_s)
 
     async def propose(
-        self, commit: tuple[int, list[int]] | None, position: int, step: int, k: int, min_confidence: float
+        self, commit: draft_pb2.Commit | None, position: int, step: int, k: int, min_confidence: float
     ) -> DraftBlock | None:
         """Send the pending commit and get a block, or None if the draft failed over (now or before)."""
         if self.stream is None:
             return None
         return await self._guard(self._propose(self.stream, commit, position, step, k, min_confidence))
 
+    async def propose_ahead(
+        self, commit: draft_pb2.Commit | None, position: int, step: int, k: int, min_confidence: float,
+        assumed: list[int],
+    ) -> SentPropose | None:  # fmt: skip
+        """Draft-ahead: send the pending commit and ask for the block after `assumed` (under verification now)
+        without waiting; the answer is read by `collect` or skipped after `drop`."""
+        if self.stream is None:
+            return None
+        return await self._guard(self._send_ahead(self.stream, commit, position, step, k, min_confidence, assumed))
+
+    @staticmethod
+    async def _send_ahead(
+        stream: DraftStream, commit: draft_pb2.Commit | None, position: int, step: int, k: int, confidence: float,
+        assumed: list[int],
+    ) -> SentPropose:  # fmt: skip
+        if commit is not None:
+            await stream.send_commit(commit)
+        return await stream.send_propose(position, step, k, confidence, assumed)
+
+    async def collect(self, sent: SentPropose) -> DraftBlock | None:
+        """The block of a draft-ahead propose, or None if the draft failed over meanwhile."""
+        if self.stream is None:
+            return None
+        return await self._guard(self.stream.read_block(sent))
+
+    def drop(self, sent: SentPropose) -> None:
+        if self.stream is not None:
+            self.stream.drop(sent)
+
     @staticmethod
     async def _propose(
-        stream: DraftStream, commit: tuple[int, list[int]] | None, position: int, step: int, k: int, confidence: float
+        stream: DraftStream, commit: draft_pb2.Commit | None, position: int, step: int, k: int, confidence: float
     ) -> DraftBlock:
         if commit is not None:
-            await stream.commit(*commit)  # the draft rolls back to the same prefix
+            await stream.send_commit(commit)  # the draft rolls back to the same prefix
         return await stream.propose(position, step, k, confidence)
 
     async def _guard(self, call: Awaitable[T], timeout_s: float | None = None) -> T | None:

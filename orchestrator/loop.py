@@ -15,12 +15,12 @@ from specdec.draftspec import DraftSpec
 from specdec.orchestrator.cost_model import CostPriors
 from specdec.orchestrator.failover import GuardedDraft
 from specdec.orchestrator.k_control import KController, StepObservation, make_controller
-from specdec.orchestrator.streams import DraftBlock, VerifierStream
+from specdec.orchestrator.streams import DraftBlock, SentPropose, VerifierStream
 from specdec.orchestrator.telemetry import record_step, step_started
 from specdec.orchestrator.text import OutputText
 from specdec.sampling import SamplingConfig
 from specdec.v1 import common_pb2, draft_pb2, verifier_pb2
-from specdec.wire import policy_params_to_pb, sampling_to_pb
+from specdec.wire import merge_hidden, policy_params_to_pb, sampling_to_pb
 
 
 def _add_counts(counts: list[int], positions: int) -> None:
@@ -52,17 +52,18 @@ class LoopStats:
     prefill_ms: float = 0.0
 
     k_history: list[int] = field(default_factory=list)  # draft tokens verified at each step (the K used)
-    draft_calls: int = 0  # steps that called the draft service
+    draft_calls: int = 0  # proposals asked of the draft service (draft-ahead ones included)
     drafted_per_position: list[int] = field(default_factory=list)  # [i]: steps that verified a draft at i
     accepted_per_position: list[int] = field(default_factory=list)  # [i]: steps that accepted the draft at i
     deliveries: list[float] = field(default_factory=list)  # perf_counter() of each step that emitted tokens
     draft_failure: str = ""  # why the draft failed over to target-only decoding, if it did
+    draft_ahead_hits: int = 0  # steps whose block was drafted while the previous one was verified
+    draft_ahead_misses: int = 0  # blocks drafted ahead and thrown away (the guess was wrong)
 
     def record(self, step: StepObservation, committed: int) -> None:
         self.steps += 1
         self.draft_tokens += step.drafted
         self.accepted_tokens += step.accepted
-        self.draft_calls += step.k > 0
         _add_counts(self.drafted_per_position, step.drafted)
         _add_counts(self.accepted_per_position, step.accepted)
         _pad(self.accepted_per_position, len(self.drafted_per_position))
@@ -101,7 +102,8 @@ class LoopStats:
         return counts
 
     def merge(self, other: LoopStats) -> None:
-        for name in ("steps", "draft_tokens", "accepted_tokens", "committed_tokens", "draft_calls"):
+        for name in ("steps", "draft_tokens", "accepted_tokens", "committed_tokens", "draft_calls",
+                     "draft_ahead_hits", "draft_ahead_misses"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("draft_ms", "verify_ms", "network_ms", "prefill_ms"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -135,7 +137,10 @@ class SampleSpec:
     target_name: str = ""
     target_fingerprint: str = ""
     target_vocab_size: int = 0
+    target_weights_fingerprint: str = ""
+    target_hidden_size: int = 0
     cost_priors: CostPriors | None = None  # what earlier sessions taught the `cost` controller
+    draft_ahead: bool = False  # draft the next block while this one is verified (see `speculative_step`)
 
 
 @dataclass
@@ -196,6 +201,7 @@ async def open_sessions(spec: SampleSpec, verifier: VerifierStream, draft: Guard
                 policy=spec.policy,
                 policy_params=policy_params_to_pb(spec.policy_params),
                 return_logprobs=spec.return_logprobs,
+                return_hidden_states=spec.draft.needs_hidden_states,
                 session_id=str(spec.index),
             )
         )
@@ -212,6 +218,8 @@ async def open_sessions(spec: SampleSpec, verifier: VerifierStream, draft: Guard
                     target_vocab_size=spec.target_vocab_size,
                     probs_encoding=spec.probs_encoding,
                     session_id=str(spec.index),
+                    target_weights_fingerprint=spec.target_weights_fingerprint,
+                    target_hidden_size=spec.target_hidden_size,
                 )
             )
         )
@@ -222,41 +230,103 @@ async def open_sessions(spec: SampleSpec, verifier: VerifierStream, draft: Guard
 @dataclass
 class UnsentCommit:
     """Committed tokens the draft service has not been told about: they go with the next draft call, so a
-    step without one (K = 0) costs the draft service nothing. Commits are contiguous, so they merge."""
+    step without one (K = 0) costs the draft service nothing. Commits are contiguous, so they merge, and so do
+    the verdicts' hidden states that go with them (trained heads draft from those)."""
 
     position: int = 0
     tokens: list[int] = field(default_factory=list)
+    hidden: common_pb2.HiddenStates | None = None
 
-    def add(self, position: int, tokens: list[int]) -> None:
+    def add(self, position: int, tokens: list[int], hidden: common_pb2.HiddenStates | None = None) -> None:
         if not self.tokens:
             self.position = position
         self.tokens.extend(tokens)
+        if hidden is not None:
+            self.hidden = hidden if self.hidden is None else merge_hidden(self.hidden, hidden)
 
-    def take(self) -> tuple[int, list[int]] | None:
-        """(position, tokens) to send with the next draft call, or None; they count as sent from now on."""
+    def take(self) -> draft_pb2.Commit | None:
+        """The commit to send with the next draft call, or None; it counts as sent from now on."""
         if not self.tokens:
             return None
-        pending, self.tokens = (self.position, self.tokens), []
-        return pending
+        commit = draft_pb2.Commit(position=self.position, token_ids=self.tokens, hidden_states=self.hidden)
+        self.tokens, self.hidden = [], None
+        return commit
+
+
+@dataclass
+class Ahead:
+    """A block drafted while the previous one was verified: usable when that block was accepted whole and the
+    draft's guess of the target's next token (the block's first token) was the token the target chose."""
+
+    position: int  # where the next step starts if the guess holds
+    block: DraftBlock  # the drafted tokens after the guess
+
+
+MIN_AHEAD_HIT_RATE = 0.3  # below it, draft-ahead costs the draft service more than it hides
+AHEAD_PROBE_EVERY = 16  # steps between retries while draft-ahead is paused
+
+
+@dataclass
+class AheadPolicy:
+    """When to draft ahead. A wrong guess costs the draft service a block nobody uses (it serves a session's
+    messages in order, so the next proposal waits behind it); so after a few tries the loop keeps asking only
+    while at least MIN_AHEAD_HIT_RATE of recent guesses held, and retries now and then."""
+
+    enabled: bool
+    hits: float = 0.0  # decayed counts of recent guesses that held / failed
+    misses: float = 0.0
+    paused_steps: int = 0
+
+    def should_ask(self) -> bool:
+        if not self.enabled:
+            return False
+        tries = self.hits + self.misses
+        if tries < 4 or self.hits >= MIN_AHEAD_HIT_RATE * tries:
+            return True
+        self.paused_steps += 1
+        if self.paused_steps < AHEAD_PROBE_EVERY:
+            return False
+        self.paused_steps = 0
+        return True
+
+    def record(self, hit: bool) -> None:
+        self.hits, self.misses = 0.9 * self.hits + hit, 0.9 * self.misses + (not hit)
 
 
 async def speculative_step(
     spec: SampleSpec, position: int, step: int, k: int, verifier: VerifierStream, draft: GuardedDraft,
-    stats: LoopStats, controller: KController, unsent: UnsentCommit,
-) -> tuple[verifier_pb2.Verdict, StepObservation]:  # fmt: skip
-    """Propose up to k tokens from committed length `position`, let the controller trim the proposal,
-    verify the rest in one pass, record the timings. A draft that fails over leaves an empty block."""
+    stats: LoopStats, controller: KController, unsent: UnsentCommit, ahead: Ahead | None = None,
+    ahead_k: int = 0,
+) -> tuple[verifier_pb2.Verdict, StepObservation, tuple[SentPropose, int] | None]:  # fmt: skip
+    """Propose up to k tokens from committed length `position` (or take the block drafted ahead), let the
+    controller trim the proposal, verify the rest in one pass, record the timings. A draft that fails over
+    leaves an empty block.
+
+    Draft-ahead (`ahead_k` > 0): the block is sent to the verifier and, before its verdict is awaited, the draft
+    is asked for the block after it, assuming it is accepted whole: [its guess of the target's token, up to
+    ahead_k more]. Returned with the number of tokens it assumed, for `collect_ahead` once the verdict is in."""
     started_ns = step_started()
     block = verified = DraftBlock()
     draft_network_ms = 0.0
     if draft.stream is not None and k > 0:
-        proposal = await draft.propose(unsent.take(), position, step, k, spec.draft_min_confidence)
+        proposal = ahead.block if ahead is not None else None
+        if proposal is None:
+            stats.draft_calls += 1
+            proposal = await draft.propose(unsent.take(), position, step, k, spec.draft_min_confidence)
         if proposal is not None:
-            block = proposal
+            block = proposal.truncated(k)
             draft_network_ms = max(0.0, block.round_trip_ms - block.draft_ms)
             verified = block.truncated(controller.trim(block.tokens, block.match_length, position))
     proposed = len(block.tokens)
-    timed = await verifier.verify(position, step, verified.tokens, verified.probs)
+    sent_at = await verifier.send_verify(position, step, verified.tokens, verified.probs)
+    asked = None
+    if ahead_k > 0 and draft.stream is not None and k > 0:  # drafting while the target verifies
+        sent = await draft.propose_ahead(
+            unsent.take(), position, step + 1, ahead_k + 1, spec.draft_min_confidence, verified.tokens
+        )
+        asked = (sent, len(verified.tokens)) if sent is not None else None
+        stats.draft_calls += sent is not None
+    timed = await verifier.read_verdict(position, sent_at)
     verdict = timed.verdict
     compute_ms = verdict.forward_ms + verdict.accept_ms
     observation = StepObservation(
@@ -274,7 +344,33 @@ async def speculative_step(
     )
     stats.record(observation, len(verdict.token_ids))
     record_step(spec, step, observation, len(verdict.token_ids), started_ns)
-    return verdict, observation
+    return verdict, observation, asked
+
+
+async def collect_ahead(
+    draft: GuardedDraft, asked: tuple[SentPropose, int], verdict: verifier_pb2.Verdict, stats: LoopStats,
+    policy: AheadPolicy,
+) -> Ahead | None:  # fmt: skip
+    """The block drafted ahead, if the verdict confirms what it assumed; else it is dropped unread."""
+    sent, assumed = asked
+    if verdict.num_accepted < assumed:
+        draft.drop(sent)  # skipped (with no wait) when the next block is read
+        stats.draft_ahead_misses += 1
+        policy.record(hit=False)
+        return None
+    waited = time.perf_counter()
+    block = await draft.collect(sent)
+    if block is None:  # the draft failed over meanwhile
+        return None
+    hit = bool(block.tokens) and block.tokens[0] == verdict.token_ids[-1]
+    policy.record(hit)
+    if not hit:
+        stats.draft_ahead_misses += 1
+        return None
+    stats.draft_ahead_hits += 1
+    # The draft's time and round trip overlapped the verify pass; what is left is the wait for its last chunk.
+    rest = DraftBlock(block.tokens[1:], block.probs[1:], 0.0, (time.perf_counter() - waited) * 1e3, block.match_length)
+    return Ahead(verdict.position + len(verdict.token_ids), rest)
 
 
 async def run_sample(
@@ -295,11 +391,19 @@ async def run_sample(
     )
     unsent = UnsentCommit()
     finish = ""
+    ahead: Ahead | None = None
+    # Trained heads draft from the target's hidden states, which arrive only with the verdict: no guessing ahead.
+    ahead_policy = AheadPolicy(spec.draft_ahead and not spec.draft.needs_hidden_states)
     while not finish:
-        k = block_size(spec, controller.next_k(), len(text.tokens), position)
-        verdict, observation = await speculative_step(
-            spec, position, stats.steps, k, verifier, draft, stats, controller, unsent
+        generated = len(text.tokens)
+        k = block_size(spec, controller.next_k(), generated, position)
+        ahead_k = 0
+        if k > 0 and ahead_policy.should_ask():  # the next block, if this one is accepted whole (k + 1 tokens)
+            ahead_k = block_size(spec, k, generated + k + 1, position + k + 1)
+        verdict, observation, asked = await speculative_step(
+            spec, position, stats.steps, k, verifier, draft, stats, controller, unsent, ahead, ahead_k
         )
+        ahead = None
         controller.observe(observation)
         committed = list(verdict.token_ids)  # accepted drafts + the target's token, positions position ..
 
@@ -317,8 +421,13 @@ async def run_sample(
             stats.deliveries.append(time.perf_counter())
         if on_delta is not None and (kept or finish):
             await on_delta(Delta(spec.index, kept, delta_text, step_logprobs, finish))
+        if asked is not None:
+            if finish:
+                draft.drop(asked[0])  # the request is done: never wait for a block nobody will use
+            else:
+                ahead = await collect_ahead(draft, asked, verdict, stats, ahead_policy)
         if draft.stream is not None:
-            unsent.add(position, committed)
+            unsent.add(position, committed, verdict.hidden_states if verdict.HasField("hidden_states") else None)
         position += len(committed)
     stats.draft_failure = draft.failure
 

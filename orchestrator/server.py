@@ -42,6 +42,7 @@ def request_from_pb(msg: orchestrator_pb2.GenerateRequest) -> GenerationRequest:
         draft_min_confidence=msg.draft_min_confidence,
         model=msg.model,
         probs_encoding=msg.probs_encoding,
+        draft_ahead=msg.draft_ahead if msg.HasField("draft_ahead") else None,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,13 +87,22 @@ class VerifierStream(_SessionStream):
         tokens: list[int],
         probs: list[common_pb2.TokenDistribution],
     ) -> TimedVerdict:
+        return await self.read_verdict(position, await self.send_verify(position, step, tokens, probs))
+
+    async def send_verify(
+        self, position: int, step: int, tokens: list[int], probs: list[common_pb2.TokenDistribution]
+    ) -> float:
+        """Send a block without waiting for its verdict (draft-ahead works meanwhile); returns the send time."""
         start = time.perf_counter()
         block = verifier_pb2.VerifyBlock(position=position, step=step, draft_token_ids=tokens, draft_probs=probs)
         await self._write(verifier_pb2.VerifierRequest(verify=block))
+        return start
+
+    async def read_verdict(self, position: int, sent_at: float) -> TimedVerdict:
         verdict = await self._read("verdict")
         if verdict.position != position or verdict.committed_length != position + len(verdict.token_ids):
             raise Unavailable(f"the verifier answered position {verdict.position} for a block at {position}")
-        return TimedVerdict(verdict, (time.perf_counter() - start) * 1e3)
+        return TimedVerdict(verdict, (time.perf_counter() - sent_at) * 1e3)
 
 
 @dataclass
@@ -108,9 +118,19 @@ class DraftBlock:
         return DraftBlock(self.tokens[:keep], self.probs[:keep], self.draft_ms, self.round_trip_ms, self.match_length)
 
 
+@dataclass(frozen=True)
+class SentPropose:
+    """A propose on its way: its first token's position, its step, when it was sent."""
+
+    position: int
+    step: int
+    at: float
+
+
 class DraftStream(_SessionStream):
     def __init__(self, stub: draft_pb2_grpc.DraftStub, timeout: float | None = None, metadata: Metadata = None) -> None:
         super().__init__(stub.Session(timeout=timeout, metadata=metadata), "draft service")
+        self.stale_blocks = 0  # dropped proposes whose chunks are still to come
 
     async def open(self, request: draft_pb2.OpenDraftSession) -> draft_pb2.DraftSessionOpened:
         await self._write(draft_pb2.DraftRequest(open=request))
@@ -118,13 +138,32 @@ class DraftStream(_SessionStream):
 
     async def propose(self, position: int, step: int, max_tokens: int, min_confidence: float = 0.0) -> DraftBlock:
         """Collect the streamed chunks of one block."""
+        sent = await self.send_propose(position, step, max_tokens, min_confidence)
+        return await self.read_block(sent)
+
+    async def send_propose(
+        self, position: int, step: int, max_tokens: int, min_confidence: float = 0.0, assumed: Sequence[int] = ()
+    ) -> SentPropose:
+        """Ask for a block without waiting for it; `assumed`: draft-ahead's tokens under verification."""
+        request = draft_pb2.Propose(
+            position=position, step=step, max_tokens=max_tokens, min_confidence=min_confidence,
+            assumed_token_ids=assumed,
+        )  # fmt: skip
         start = time.perf_counter()
-        request = draft_pb2.Propose(position=position, step=step, max_tokens=max_tokens, min_confidence=min_confidence)
         await self._write(draft_pb2.DraftRequest(propose=request))
+        return SentPropose(position + len(assumed), step, start)
+
+    async def read_block(self, sent: SentPropose) -> DraftBlock:
+        """The block of a propose sent earlier; blocks of earlier proposes still in the stream (draft-ahead
+        guesses that turned out wrong) are skipped first: the stream is ordered."""
+        while self.stale_blocks:
+            while not (await self._read("chunk")).last:
+                pass
+            self.stale_blocks -= 1
         block = DraftBlock()
         while True:
             chunk = await self._read("chunk")
-            if chunk.position != position + len(block.tokens) or chunk.step != step:
+            if chunk.position != sent.position + len(block.tokens) or chunk.step != sent.step:
                 raise Unavailable(f"the draft service sent a chunk for position {chunk.position}, step {chunk.step}")
             block.tokens.extend(chunk.token_ids)
             block.probs.extend(chunk.probs)
@@ -132,9 +171,17 @@ class DraftStream(_SessionStream):
             if chunk.last:
                 block.draft_ms = chunk.draft_ms
                 break
-        block.round_trip_ms = (time.perf_counter() - start) * 1e3
+        block.round_trip_ms = (time.perf_counter() - sent.at) * 1e3
         return block
+
+    def drop(self, sent: SentPropose) -> None:
+        """Its block will not be used: skip it when the next block is read (no wait now)."""
+        self.stale_blocks += 1
 
     async def commit(self, position: int, tokens: list[int]) -> None:
         """Not answered: a problem surfaces on the next read or as the stream's status."""
-        await self._write(draft_pb2.DraftRequest(commit=draft_pb2.Commit(position=position, token_ids=tokens)))
+        await self.send_commit(draft_pb2.Commit(position=position, token_ids=tokens))
+
+    async def send_commit(self, commit: draft_pb2.Commit) -> None:
+        """A whole Commit message (with the target's hidden states, for trained heads); not answered either."""
+        await self._write(draft_pb2.DraftRequest(commit=commit))

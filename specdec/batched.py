@@ -46,6 +46,9 @@ def supports_batching(model: Any) -> bool:
         return False
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
         return False  # a sliding window changes the mask: leave it to the model's own forward
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type", "default")) in ("dynamic", "longrope"):
+        return False  # these rescale by the longest position in the batch: one session's length would move another's
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     return bool(layers) and all(hasattr(inner, name) for name in ("embed_tokens", "rotary_emb", "norm"))

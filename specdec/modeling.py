@@ -133,6 +133,41 @@ def vocab_fingerprint(tokenizer: Any) -> str:
     return digest[:16]
 
 
+def embedding_fingerprint(embedding: torch.Tensor) -> str:
+    """A short hash of a token embedding [V, H], taken in bfloat16 so that the same weights loaded in float32 or
+    bfloat16 hash alike."""
+    data = embedding.detach().to("cpu", torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def weights_fingerprint(model: Any) -> str:
+    """Tells apart two checkpoints that share a tokenizer (a trained draft head fits only one): the hash of the
+    model's input token embedding."""
+    return embedding_fingerprint(model.get_input_embeddings().weight)
+
+
+def load_input_embedding(spec: str) -> torch.Tensor | None:
+    """The input token embedding [V, H] (float32) of a model in a local folder, read alone from its safetensors
+    files (a draft head needs it, not the whole model); None when the folder or the tensor is not there."""
+    from safetensors import safe_open
+
+    folder = Path(resolve_model_path(spec))
+    if not folder.is_dir():
+        return None
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map: dict[str, str] = json.loads(index.read_text()).get("weight_map", {})
+        files = sorted({folder / f for n, f in weight_map.items() if n.endswith("embed_tokens.weight")})
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            for name in f.keys():  # noqa: SIM118  # safe_open handles are not iterable
+                if name.endswith("embed_tokens.weight"):
+                    return f.get_tensor(name).float()
+    return None
+
+
 @dataclass
 class LoadedModel:
     """A causal LM ready for inference, with the facts other services need about it."""

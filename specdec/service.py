@@ -215,6 +215,10 @@ class StreamSessions(Generic[S]):
         """Queue the close; does not wait (safe in a `finally` of a cancelled handler)."""
         self.worker.submit(self._close_all)
 
+    async def aclose(self) -> None:
+        """Close and wait for it: a stream that ends normally reports its end only once its sessions are freed."""
+        await self.worker.run(self._close_all)
+
     def _close_all(self) -> None:
         for session in self.sessions:
             self.close_fn(session)

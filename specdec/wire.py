@@ -91,3 +91,39 @@ def decode_distributions(
     if len(msgs) != num_tokens:
         raise InvalidArgument(f"draft_probs has {len(msgs)} entries for {num_tokens} draft tokens")
     return torch.stack([decode_distribution(m, vocab_size) for m in msgs])
+
+
+def hidden_to_pb(start: int, hidden: torch.Tensor) -> common_pb2.HiddenStates:
+    """hidden [N, H] for positions start .. start+N-1 -> message (little-endian float32)."""
+    data = hidden.detach().float().cpu().numpy().astype("<f4").tobytes()
+    return common_pb2.HiddenStates(start_position=start, hidden_size=hidden.shape[1], data_f32=data)
+
+
+def hidden_from_pb(msg: common_pb2.HiddenStates) -> tuple[int, torch.Tensor]:
+    """message -> (start position, hidden [N, H] float32), validated."""
+    width = msg.hidden_size
+    if width == 0 or len(msg.data_f32) % (4 * width):
+        raise InvalidArgument(
+            f"hidden_states.data_f32 must hold whole rows of hidden_size ({width}) float32 values, "
+            f"got {len(msg.data_f32)} bytes"
+        )
+    rows = np.frombuffer(msg.data_f32, dtype="<f4").astype(np.float32).reshape(-1, width)
+    hidden = torch.from_numpy(rows)
+    if not bool(torch.isfinite(hidden).all()):
+        raise InvalidArgument("hidden_states must be finite")
+    return int(msg.start_position), hidden
+
+
+def merge_hidden(first: common_pb2.HiddenStates, second: common_pb2.HiddenStates) -> common_pb2.HiddenStates:
+    """Two blocks as one when `second` starts where `first` ends (rows of consecutive verdicts); otherwise the
+    later block replaces from its start, so the result keeps `first`'s rows before it."""
+    if not first.data_f32:
+        return second
+    width = first.hidden_size
+    rows = len(first.data_f32) // (4 * width) if width else 0
+    keep = max(0, min(rows, second.start_position - first.start_position))
+    return common_pb2.HiddenStates(
+        start_position=first.start_position,
+        hidden_size=width,
+        data_f32=first.data_f32[: 4 * width * keep] + second.data_f32,
+    )

@@ -14,6 +14,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from specdec.netdelay import DelayProxy
+
+__all__ = ["ENV", "SPECDEC", "DelayProxy", "ServiceProcess", "eventually", "free_port"]
+
 SPECDEC = [sys.executable, "-m", "specdec.orchestrator.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -27,75 +31,6 @@ async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], 
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"still not true after {seconds:g} s")
-
-
-class DelayProxy:
-    """127.0.0.1:`port` -> `target_host`:`target_port`, holding every chunk `delay_s` in both directions (a slow
-    network or a slow peer). `kill()` drops every connection and refuses new ones; `revive()` undoes it."""
-
-    def __init__(self, target_port: int, delay_s: float = 0.0, target_host: str = "127.0.0.1") -> None:
-        self.target_port = target_port
-        self.target_host = target_host
-        self.delay_s = delay_s
-        self.dead = False
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def __aenter__(self) -> DelayProxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.kill()
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def kill(self) -> None:
-        self.dead = True
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    def revive(self) -> None:
-        self.dead = False
-
-    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        if self.dead:
-            client_writer.transport.abort()
-            return
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(self.target_host, self.target_port)
-        except OSError:
-            client_writer.transport.abort()
-            return
-        self._writers |= {client_writer, upstream_writer}
-        await asyncio.gather(
-            self._pipe(client_reader, upstream_writer),
-            self._pipe(upstream_reader, client_writer),
-            return_exceptions=True,
-        )
-        for writer in (client_writer, upstream_writer):
-            self._writers.discard(writer)
-            writer.transport.abort()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            if self.delay_s:
-                await asyncio.sleep(self.delay_s)
-            if self.dead:
-                return
-            writer.write(data)
-            await writer.drain()
 
 
 def free_port() -> int:

@@ -52,7 +52,7 @@ def check_stats_are_consistent(stats: orchestrator_pb2.GenerationStats) -> None:
     ):
         assert rate == pytest.approx(accepted / drafted)
     assert stats.mean_k == pytest.approx(stats.draft_tokens / stats.steps)
-    assert stats.draft_calls <= stats.steps
+    assert stats.draft_calls <= 2 * stats.steps  # a step asks at most for its block and, ahead, the next one
 
 
 async def test_counters_agree_with_the_per_request_stats(stack: EmbeddedStack, tiny_target: Path) -> None:

@@ -73,13 +73,15 @@ async def test_greedy_identity_across_hosts(
         try:
             async with SpecdecClient(f"127.0.0.1:{orchestrator.port}") as client:
                 target_only = await client.generate(PROMPT, max_new_tokens=NEW_TOKENS, draft="none")
-                speculative = await client.generate(
-                    PROMPT, max_new_tokens=NEW_TOKENS, draft=self_draft, k=4, k_controller="fixed"
-                )
+                request = {"max_new_tokens": NEW_TOKENS, "draft": self_draft, "k": 4, "k_controller": "fixed"}
+                waiting = await client.generate(PROMPT, **request, draft_ahead=False)
+                ahead = await client.generate(PROMPT, **request, draft_ahead=True)
         finally:
             await orchestrator.stop(1.0)
-    assert list(speculative.completions[0].token_ids) == list(target_only.completions[0].token_ids)
-    stats = speculative.stats
-    assert stats.draft_failure == "" and stats.accepted_tokens == stats.draft_tokens > 0, stats
-    if delay_ms:  # every proposal crossed the slow link
-        assert stats.network_ms >= stats.draft_calls * 2 * delay_ms * 0.9, stats
+    for speculative in (waiting, ahead):
+        assert list(speculative.completions[0].token_ids) == list(target_only.completions[0].token_ids)
+        stats = speculative.stats
+        assert stats.draft_failure == "" and stats.accepted_tokens == stats.draft_tokens > 0, stats
+    if delay_ms:  # without draft-ahead every proposal is waited for across the slow link
+        assert waiting.stats.network_ms >= waiting.stats.draft_calls * 2 * delay_ms * 0.9, waiting.stats
+    assert ahead.stats.draft_ahead_hits >= ahead.stats.steps - 2, ahead.stats  # drafted while verifying

@@ -141,7 +141,7 @@ def test_draft_syntax() -> None:
     assert parse_draft("suffix").name == "suffix" and not parse_draft("suffix").uses_model
     assert parse_draft("quantized").name == "quantized" and parse_draft("quantized").uses_model
     assert parse_draft("quantized:org/name").name == "quantized:org/name"
-    for bad in ["", "ngram:0", "ngram:x", "model:", "eagle", "suffix:3", "none:x"]:
+    for bad in ["", "ngram:0", "ngram:x", "model:", "hydra", "suffix:3", "none:x"]:
         with pytest.raises(InvalidArgument):
             parse_draft(bad)
 

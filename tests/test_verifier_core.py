@@ -27,14 +27,24 @@ def test_rejected_positions_never_survive_a_verdict(tiny_target: Path) -> None:
     assert outcome.outcomes == ["accepted", "accepted", "rejected", "skipped"] and not outcome.bonus
     assert session.committed == prompt + greedy[:3]
     assert session.kv.tokens == session.committed[:-1]  # the last committed token stays uncached
-    # hidden states for every newly cached committed position: the prompt's last token and 2 accepted drafts
-    assert outcome.hidden is not None and outcome.hidden.shape == (3, lm.model.config.hidden_size)
-    assert outcome.hidden_start == len(prompt) - 1
+    # hidden states for every committed position fed so far, from 0: the first verdict carries the prompt's rows
+    # (cached by the prefill) before those of the prompt's last token and the 2 accepted drafts
+    hidden_size = lm.model.config.hidden_size
+    assert outcome.hidden is not None and outcome.hidden.shape == (len(prompt) + 2, hidden_size)
+    assert outcome.hidden_start == 0
+    rows = [outcome.hidden]
 
     with torch.inference_mode():  # the rolled-back cache gives the same next verdict as a fresh decode
         outcome = session.verify(len(session.committed), greedy[3:7], None)
     assert outcome.num_accepted == 4 and outcome.bonus and outcome.token_ids == greedy[3:8]
     assert session.committed == prompt + greedy[:8]
+    # later verdicts: the rows of the previous step's last token and the accepted drafts, contiguous
+    assert outcome.hidden is not None and outcome.hidden_start == len(prompt) + 2
+    assert outcome.hidden.shape == (5, hidden_size)
+    rows.append(outcome.hidden)
+    with torch.inference_mode():  # the rows are the full forward pass's final hidden states
+        full = lm.model(torch.tensor([session.committed[:-1]]), output_hidden_states=True).hidden_states[-1][0]
+    torch.testing.assert_close(torch.cat(rows), full, atol=1e-4, rtol=1e-4)
 
 
 def test_block_checks(tiny_target: Path) -> None:

@@ -51,21 +51,29 @@ class VerifyBatcher:
         self._drainer: asyncio.Task[None] | None = None
         self.batches = 0  # batches run, and requests in them: their ratio is the mean batch size
         self.batched_requests = 0
+        self.largest_batch = 0
 
     async def verify(self, session: Any, position: int, tokens: list[int], probs: torch.Tensor | None) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append(VerifyRequest(session, position, tokens, probs, future))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain())
-        return await future  # cancelling the caller leaves its request in the batch: the session is closed after it
+        # A caller cancelled while its request waits here cancels the future: the drainer skips it, so it never
+        # runs after the session's close (which is queued on the same worker). Once in a running batch, the close
+        # is queued behind that batch.
+        return await future
 
     async def _drain(self) -> None:
         while self._queue:
             if self.window_s and len(self._queue) < min(self.max_batch, self.live_sessions()):
                 await asyncio.sleep(self.window_s)  # others are mid-step: let them join this batch
+            self._queue = [r for r in self._queue if not r.future.done()]  # callers cancelled while waiting
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            if not batch:
+                continue
             self.batches += 1
             self.batched_requests += len(batch)
+            self.largest_batch = max(self.largest_batch, len(batch))
             try:
                 results = await self.worker.run(self.run_batch, batch)
             except BaseException as exc:  # the batch itself failed (a bug): every caller learns why

@@ -8,13 +8,16 @@ K+1 next-token distributions for positions n .. n+K.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from specdec import kernels
+from specdec.batched import ExtendJob, extend_many
 from specdec.errors import FailedPrecondition, InvalidArgument, OutOfRange
-from specdec.kvcache import CachedSequence
+from specdec.kvcache import CachedSequence, ForwardOutput
 from specdec.limits import MAX_BLOCK_TOKENS
 from specdec.modeling import LoadedModel
 from specdec.policies import LOSSY_POLICIES, resolve_policy, resolve_policy_params
@@ -24,6 +27,9 @@ from specdec.sampling import (
     logits_to_probs,
     make_generator,
 )
+
+if TYPE_CHECKING:
+    from specdec.verifier_service.batcher import VerifyRequest
 
 ACCEPTED, REJECTED, SKIPPED = "accepted", "rejected", "skipped"
 
@@ -52,6 +58,18 @@ class VerifyOutcome:
     hidden: torch.Tensor | None = None  # [positions, H] for committed positions hidden_start ..
 
 
+@dataclass
+class PendingBlock:
+    """A checked block waiting for its forward pass (alone, or batched with other sessions')."""
+
+    session: VerifierSession
+    position: int
+    draft_tokens: list[int]
+    draft_probs: torch.Tensor | None
+    num_pending: int  # uncached committed tokens fed before the drafts
+    job: ExtendJob
+
+
 class VerifierSession:
     """One sequence being generated: its committed tokens, KV cache and random generator."""
 
@@ -70,6 +88,8 @@ class VerifierSession:
         self.kv = CachedSequence(lm.model)
         self.generator = make_generator(options.sampling.seed, lm.device)  # reseeded for each position
         self.prefill_ms = 0.0
+        self.closed = False  # set by VerifierCore.close_session: nothing may refill its cache
+        self.unsent_hidden: torch.Tensor | None = None  # [P-1, H] the prompt's rows, sent with the first verdict
 
     @property
     def committed_length(self) -> int:
@@ -80,7 +100,10 @@ class VerifierSession:
         start = time.perf_counter()
         pending = self.kv.pending(self.committed)
         if len(pending) > 1:
-            self.kv.extend(pending[:-1])
+            want_hidden = self.options.return_hidden_states
+            out = self.kv.extend(pending[:-1], want_hidden=want_hidden)
+            if out.hidden is not None:  # a head drafts from every committed position's feature, the prompt's too
+                self.unsent_hidden = out.hidden.float().cpu()
         return (time.perf_counter() - start) * 1e3
 
     def verify(self, position: int, draft_tokens: list[int], draft_probs: torch.Tensor | None) -> VerifyOutcome:
@@ -88,25 +111,42 @@ class VerifierSession:
 
         draft_probs: q as [K, V] float32, or None for one-hot q (deterministic drafts).
         """
-        k = len(draft_tokens)
-        self._check_block(position, draft_tokens, draft_probs)
+        block = self.begin_verify(position, draft_tokens, draft_probs)
         start = time.perf_counter()
+        out = self.kv.extend(block.job.token_ids, block.job.keep_logits, block.job.want_hidden)
+        return self.finish_verify(block, out, (time.perf_counter() - start) * 1e3)
+
+    def begin_verify(self, position: int, draft_tokens: list[int], draft_probs: torch.Tensor | None) -> PendingBlock:
+        """Check a block and say what to run through the model: [uncached committed tail, d_1 .. d_K]."""
+        if self.closed:
+            raise FailedPrecondition("the session is closed")
+        self._check_block(position, draft_tokens, draft_probs)
         pending = self.kv.pending(self.committed)  # uncached committed tail, >= 1 token
-        out = self.kv.extend(pending + draft_tokens, keep_logits=k + 1, want_hidden=self.options.return_hidden_states)
+        want_hidden = self.options.return_hidden_states
+        job = ExtendJob(self.kv, pending + draft_tokens, keep_logits=len(draft_tokens) + 1, want_hidden=want_hidden)
+        return PendingBlock(self, position, draft_tokens, draft_probs, len(pending), job)
+
+    def finish_verify(
+        self, block: PendingBlock, out: ForwardOutput, forward_ms: float, accepted: tuple[int, int] | None = None
+    ) -> VerifyOutcome:
+        """Accept (unless `accepted` was computed for a whole batch already), commit and roll back."""
+        position, draft_tokens, k = block.position, block.draft_tokens, len(block.draft_tokens)
         block_logits = out.logits  # [K+1, V] distributions for positions n .. n+K
-        forward_done = time.perf_counter()
-
-        num_accepted, final_token = self._accept(block_logits, draft_tokens, draft_probs)
+        accept_start = time.perf_counter()
+        num_accepted, final_token = accepted or self._accept(block_logits, draft_tokens, block.draft_probs)
         committed_now = [*draft_tokens[:num_accepted], final_token]
-        accept_done = time.perf_counter()
+        accept_ms = (time.perf_counter() - accept_start) * 1e3
 
-        first_uncached = len(self.kv.tokens) - len(pending) - k  # position of pending[0]
+        first_uncached = len(self.kv.tokens) - block.num_pending - k  # position of pending[0]
         self.committed.extend(committed_now)
         self.kv.rollback(position + num_accepted)  # rejected positions never survive a verdict
         logprobs = self._logprobs(block_logits[: num_accepted + 1], committed_now)
-        hidden = None
+        hidden, hidden_start = None, first_uncached
         if out.hidden is not None:  # rows for the committed inputs: pending + accepted drafts
-            hidden = out.hidden[: len(pending) + num_accepted].float().cpu()
+            hidden = out.hidden[: block.num_pending + num_accepted].float().cpu()
+            if self.unsent_hidden is not None and len(self.unsent_hidden) == first_uncached:
+                hidden, hidden_start = torch.cat([self.unsent_hidden, hidden]), 0  # the prompt's rows come first
+            self.unsent_hidden = None
         outcomes = [ACCEPTED] * num_accepted
         if num_accepted < k:
             outcomes += [REJECTED] + [SKIPPED] * (k - num_accepted - 1)
@@ -116,12 +156,17 @@ class VerifierSession:
             outcomes=outcomes,
             bonus=num_accepted == k,
             committed_length=len(self.committed),
-            forward_ms=(forward_done - start) * 1e3,
-            accept_ms=(accept_done - forward_done) * 1e3,
+            forward_ms=forward_ms,
+            accept_ms=accept_ms,
             logprobs=logprobs,
-            hidden_start=first_uncached,
+            hidden_start=hidden_start,
             hidden=hidden,
         )
+
+    @property
+    def greedy_exact(self) -> bool:
+        """Acceptance is the target's argmax: sessions like this share one batched greedy_verify call."""
+        return self.policy == "exact" and self.options.sampling.greedy
 
     def _accept(
         self, block_logits: torch.Tensor, draft_tokens: list[int], draft_probs: torch.Tensor | None
@@ -226,5 +271,74 @@ class VerifierCore:
         session.kv.rollback(0)
 
     def close_session(self, session: VerifierSession) -> None:
+        session.closed = True
         session.kv.rollback(0)
         self.sessions.discard(session)
+
+    def verify_batch(self, requests: Sequence[VerifyRequest]) -> list[VerifyOutcome | Exception]:
+        """Verify the blocks of several sessions in one batched forward pass (`specdec.batched`).
+
+        Returns one outcome per request, or the exception that request alone raised (a bad block fails only
+        its own caller). Greedy exact-policy sessions are accepted by one batched `greedy_verify` call."""
+        results: list[VerifyOutcome | Exception | None] = [None] * len(requests)
+        blocks: list[tuple[int, PendingBlock]] = []
+        for i, request in enumerate(requests):
+            try:
+                blocks.append((i, request.session.begin_verify(request.position, request.draft_tokens,
+                                                               request.draft_probs)))  # fmt: skip
+            except Exception as exc:
+                results[i] = exc
+        start = time.perf_counter()
+        try:
+            outs = extend_many(self.lm.model, [block.job for _, block in blocks])
+        except Exception:
+            if len(blocks) == 1:
+                blocks[0][1].session.kv.reset()  # a half-run forward leaves the cache undefined
+                raise
+            return self._one_by_one(requests)  # so that only the block at fault fails
+        forward_ms = (time.perf_counter() - start) * 1e3
+        accepted = batched_greedy_accept([block for _, block in blocks], outs)
+        for (i, block), out, verdict in zip(blocks, outs, accepted, strict=True):
+            try:
+                results[i] = block.session.finish_verify(block, out, forward_ms, verdict)
+            except Exception as exc:
+                results[i] = exc
+        return [r if r is not None else AssertionError("no result") for r in results]
+
+    def _one_by_one(self, requests: Sequence[VerifyRequest]) -> list[VerifyOutcome | Exception]:
+        """After a failed batch: caches rebuilt from the committed tokens, every request alone."""
+        for request in requests:
+            request.session.kv.reset()
+        results: list[VerifyOutcome | Exception] = []
+        for request in requests:
+            try:
+                results.append(request.session.verify(request.position, request.draft_tokens, request.draft_probs))
+            except Exception as exc:
+                request.session.kv.reset()
+                results.append(exc)
+        return results
+
+
+def batched_greedy_accept(
+    blocks: Sequence[PendingBlock], outs: Sequence[ForwardOutput]
+) -> list[tuple[int, int] | None]:
+    """(num_accepted, final token) for every greedy exact-policy block from one `greedy_verify` call over the
+    batch (ragged K padded); None for the others, which accept on their own."""
+    greedy = [i for i, block in enumerate(blocks) if block.session.greedy_exact]
+    verdicts: list[tuple[int, int] | None] = [None] * len(blocks)
+    if len(greedy) < 2:
+        return verdicts  # a lone block accepts on its own, through the same kernel with B = 1
+    k_max = max(len(blocks[i].draft_tokens) for i in greedy)
+    first = outs[greedy[0]].logits
+    logits = first.new_zeros(len(greedy), k_max + 1, first.shape[-1])  # [B, K_max+1, V]
+    tokens = torch.zeros(len(greedy), k_max, dtype=torch.long, device=first.device)  # [B, K_max]
+    for row, i in enumerate(greedy):
+        k = len(blocks[i].draft_tokens)
+        logits[row, : k + 1] = outs[i].logits
+        tokens[row, :k] = torch.tensor(blocks[i].draft_tokens, dtype=torch.long)
+    num_draft = torch.tensor([len(blocks[i].draft_tokens) for i in greedy], device=first.device)  # [B]
+    accepted, output = kernels.greedy_verify(logits, tokens, num_draft)  # [B], [B, K_max+1]
+    for row, i in enumerate(greedy):
+        a = int(accepted[row])
+        verdicts[i] = (a, int(output[row, a]))
+    return verdicts

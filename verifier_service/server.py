@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -13,11 +13,19 @@ import grpc
 from specdec import service, tracing
 from specdec.errors import FailedPrecondition, InvalidArgument, Unavailable
 from specdec.idle import expiring
-from specdec.limits import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, ServiceLimits, SessionCapacity
+from specdec.limits import (
+    DEFAULT_BATCH_WINDOW_S,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_SESSION_TTL_S,
+    ServiceLimits,
+    SessionCapacity,
+)
 from specdec.metrics import ModelServiceMetrics
-from specdec.modeling import LoadedModel, load_model
+from specdec.modeling import LoadedModel, load_model, weights_fingerprint
 from specdec.usage import UsageTracker
 from specdec.v1 import common_pb2, verifier_pb2, verifier_pb2_grpc
+from specdec.verifier_service.batcher import VerifyBatcher, VerifyRequest
 from specdec.verifier_service.core import (
     ACCEPTED,
     REJECTED,
@@ -27,7 +35,7 @@ from specdec.verifier_service.core import (
     VerifyOutcome,
     check_block_size,
 )
-from specdec.wire import decode_distributions, policy_params_from_pb, sampling_from_pb
+from specdec.wire import decode_distributions, hidden_to_pb, policy_params_from_pb, sampling_from_pb
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
@@ -59,9 +67,7 @@ def verdict_to_pb(step: int, position: int, v: VerifyOutcome) -> verifier_pb2.Ve
         logprobs=v.logprobs,
     )
     if v.hidden is not None:
-        msg.hidden_states.start_position = v.hidden_start
-        msg.hidden_states.hidden_size = v.hidden.shape[1]
-        msg.hidden_states.data_f32 = v.hidden.numpy().astype("<f4").tobytes()
+        msg.hidden_states.CopyFrom(hidden_to_pb(v.hidden_start, v.hidden))
     return msg
 
 
@@ -73,14 +79,24 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         core: VerifierCore | None,
         session_ttl_s: float | None = DEFAULT_SESSION_TTL_S,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        batch_window_s: float = DEFAULT_BATCH_WINDOW_S,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         self._core = core
         self.session_ttl_s = session_ttl_s
         self.capacity = SessionCapacity("verifier", max_sessions, self.live_sessions)
         self.worker = service.ModelWorker("verifier-model")
+
+        # Blocks of concurrent sessions share forward passes; the core is read per batch (it is set late
+        # when the model loads after the server starts).
+        def verify(requests: Sequence[VerifyRequest]) -> list[VerifyOutcome | Exception]:  # "verifier-model:verify"
+            return self.core.verify_batch(requests)
+
+        self.batcher = VerifyBatcher(self.worker, verify, self.live_sessions, batch_window_s, max_batch)
         self.tracer = tracing.tracer(tracing.VERIFIER)
         self.metrics = ModelServiceMetrics(UsageTracker("verifier", self.kv_cache_bytes, self.live_sessions))
         self._tokenizer_files: dict[str, bytes] | None = None
+        self._weights_fingerprint = ""  # computed on first use (hashes the embedding once)
 
     @property
     def core(self) -> VerifierCore:
@@ -116,7 +132,9 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
             device=str(lm.device),
             dtype=str(lm.dtype).removeprefix("torch."),
             hidden_size=int(lm.model.config.hidden_size),
+            weights_fingerprint=self._weights_fingerprint or weights_fingerprint(lm.model),
         )
+        self._weights_fingerprint = info.weights_fingerprint
         if request.include_tokenizer:
             if self._tokenizer_files is None:
                 self._tokenizer_files = tokenizer_files(lm)
@@ -165,11 +183,12 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                     check_block_size(len(tokens))  # before decoding its probabilities
                     probs = decode_distributions(list(block.draft_probs), len(tokens), core.lm.vocab_size)
                     with tracing.child_span(self.tracer, span, "verify", _block_attributes(block, tokens)) as s:
-                        outcome = await self.worker.run(session.verify, block.position, tokens, probs)
+                        outcome = await self.batcher.verify(session, block.position, tokens, probs)
                         if s.is_recording():
                             s.set_attributes(_outcome_attributes(outcome))
                     self.metrics.observe_forward("verify", outcome.forward_ms)
                     yield verifier_pb2.VerifierResponse(verdict=verdict_to_pb(block.step, block.position, outcome))
+            await opened.aclose()  # the client half-closed: its session is freed before the stream ends
         except Exception as exc:
             tracing.record_error(span, exc)
             await service.abort_with(context, exc)
@@ -219,7 +238,7 @@ async def serve(
     `metrics_port`, Prometheus metrics too (see `.metrics_port`); `security`: token and TLS (default open);
     `limits`: session cap and idle TTL."""
     limits = limits or ServiceLimits()
-    servicer = VerifierServicer(VerifierCore(lm), limits.session_ttl_s, limits.max_sessions)
+    servicer = VerifierServicer(VerifierCore(lm), *_servicer_limits(limits))
     return await _start(servicer, port, host, metrics_port, security, serving=True)
 
 
@@ -246,7 +265,7 @@ async def serve_loading(
     """Listen at once with health NOT_SERVING (so orchestrators and compose see a live but unready verifier),
     load the model with `load()`, warm it up with one prefill and one verify pass, then report SERVING."""
     limits = limits or ServiceLimits()
-    servicer = VerifierServicer(None, limits.session_ttl_s, limits.max_sessions)
+    servicer = VerifierServicer(None, *_servicer_limits(limits))
     running = await _start(servicer, port, host, metrics_port, security, serving=False)
     try:
         lm = await asyncio.to_thread(load)
@@ -258,6 +277,10 @@ async def serve_loading(
     servicer.set_core(core)
     await running.set_serving(True)
     return running
+
+
+def _servicer_limits(limits: ServiceLimits) -> tuple[float | None, int, float, int]:
+    return limits.session_ttl_s, limits.max_sessions, limits.batch_window_s, limits.max_batch
 
 
 def load_target(target: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:

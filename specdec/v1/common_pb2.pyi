@@ -81,3 +81,13 @@ class ServiceUsage(_message.Message):
     live_sessions: int
     device_peak_bytes: int
     def __init__(self, service: _Optional[str] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., peak_kv_cache_bytes: _Optional[int] = ..., live_sessions: _Optional[int] = ..., device_peak_bytes: _Optional[int] = ...) -> None: ...
+
+class HiddenStates(_message.Message):
+    __slots__ = ("start_position", "hidden_size", "data_f32")
+    START_POSITION_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_F32_FIELD_NUMBER: _ClassVar[int]
+    start_position: int
+    hidden_size: int
+    data_f32: bytes
+    def __init__(self, start_position: _Optional[int] = ..., hidden_size: _Optional[int] = ..., data_f32: _Optional[bytes] = ...) -> None: ...

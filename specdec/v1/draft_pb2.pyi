@@ -18,7 +18,7 @@ class DraftRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[OpenDraftSession, _Mapping]] = ..., propose: _Optional[_Union[Propose, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ...) -> None: ...
 
 class OpenDraftSession(_message.Message):
-    __slots__ = ("prompt_token_ids", "draft", "sampling", "target_name", "target_vocab_fingerprint", "target_vocab_size", "probs_encoding", "session_id")
+    __slots__ = ("prompt_token_ids", "draft", "sampling", "target_name", "target_vocab_fingerprint", "target_vocab_size", "probs_encoding", "session_id", "target_weights_fingerprint", "target_hidden_size")
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,8 @@ class OpenDraftSession(_message.Message):
     TARGET_VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     PROBS_ENCODING_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_WEIGHTS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     draft: str
     sampling: _common_pb2.SamplingParams
@@ -35,27 +37,33 @@ class OpenDraftSession(_message.Message):
     target_vocab_size: int
     probs_encoding: _common_pb2.ProbsEncoding
     session_id: str
-    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., draft: _Optional[str] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., target_name: _Optional[str] = ..., target_vocab_fingerprint: _Optional[str] = ..., target_vocab_size: _Optional[int] = ..., probs_encoding: _Optional[_Union[_common_pb2.ProbsEncoding, str]] = ..., session_id: _Optional[str] = ...) -> None: ...
+    target_weights_fingerprint: str
+    target_hidden_size: int
+    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., draft: _Optional[str] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., target_name: _Optional[str] = ..., target_vocab_fingerprint: _Optional[str] = ..., target_vocab_size: _Optional[int] = ..., probs_encoding: _Optional[_Union[_common_pb2.ProbsEncoding, str]] = ..., session_id: _Optional[str] = ..., target_weights_fingerprint: _Optional[str] = ..., target_hidden_size: _Optional[int] = ...) -> None: ...
 
 class Propose(_message.Message):
-    __slots__ = ("position", "step", "max_tokens", "min_confidence")
+    __slots__ = ("position", "step", "max_tokens", "min_confidence", "assumed_token_ids")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    ASSUMED_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     position: int
     step: int
     max_tokens: int
     min_confidence: float
-    def __init__(self, position: _Optional[int] = ..., step: _Optional[int] = ..., max_tokens: _Optional[int] = ..., min_confidence: _Optional[float] = ...) -> None: ...
+    assumed_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, position: _Optional[int] = ..., step: _Optional[int] = ..., max_tokens: _Optional[int] = ..., min_confidence: _Optional[float] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Commit(_message.Message):
-    __slots__ = ("position", "token_ids")
+    __slots__ = ("position", "token_ids", "hidden_states")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
     position: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    hidden_states: _common_pb2.HiddenStates
+    def __init__(self, position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden_states: _Optional[_Union[_common_pb2.HiddenStates, _Mapping]] = ...) -> None: ...
 
 class DraftResponse(_message.Message):
     __slots__ = ("opened", "chunk")

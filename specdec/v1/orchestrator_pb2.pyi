@@ -16,7 +16,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "prompt_token_ids", "messages", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "num_samples", "stop", "return_logprobs", "draft", "k", "policy", "policy_params", "k_controller", "k_max", "draft_min_confidence", "model", "probs_encoding")
+    __slots__ = ("prompt", "prompt_token_ids", "messages", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "num_samples", "stop", "return_logprobs", "draft", "k", "policy", "policy_params", "k_controller", "k_max", "draft_min_confidence", "model", "probs_encoding", "draft_ahead")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class GenerateRequest(_message.Message):
     DRAFT_MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROBS_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_AHEAD_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -57,7 +58,8 @@ class GenerateRequest(_message.Message):
     draft_min_confidence: float
     model: str
     probs_encoding: _common_pb2.ProbsEncoding
-    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., num_samples: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., return_logprobs: _Optional[bool] = ..., draft: _Optional[str] = ..., k: _Optional[int] = ..., policy: _Optional[str] = ..., policy_params: _Optional[_Union[_common_pb2.PolicyParams, _Mapping]] = ..., k_controller: _Optional[str] = ..., k_max: _Optional[int] = ..., draft_min_confidence: _Optional[float] = ..., model: _Optional[str] = ..., probs_encoding: _Optional[_Union[_common_pb2.ProbsEncoding, str]] = ...) -> None: ...
+    draft_ahead: bool
+    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., num_samples: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., return_logprobs: _Optional[bool] = ..., draft: _Optional[str] = ..., k: _Optional[int] = ..., policy: _Optional[str] = ..., policy_params: _Optional[_Union[_common_pb2.PolicyParams, _Mapping]] = ..., k_controller: _Optional[str] = ..., k_max: _Optional[int] = ..., draft_min_confidence: _Optional[float] = ..., model: _Optional[str] = ..., probs_encoding: _Optional[_Union[_common_pb2.ProbsEncoding, str]] = ..., draft_ahead: _Optional[bool] = ...) -> None: ...
 
 class Completion(_message.Message):
     __slots__ = ("index", "text", "token_ids", "finish_reason", "logprobs")
@@ -74,7 +76,7 @@ class Completion(_message.Message):
     def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GenerationStats(_message.Message):
-    __slots__ = ("steps", "draft_tokens", "accepted_tokens", "acceptance_rate", "mean_accepted_length", "generated_tokens", "tokens_per_second", "wall_ms", "draft_ms", "verify_ms", "network_ms", "prefill_ms", "time_to_first_token_ms", "draft_calls", "drafted_per_position", "accepted_per_position", "acceptance_per_position", "k_histogram", "mean_k", "draft_failure")
+    __slots__ = ("steps", "draft_tokens", "accepted_tokens", "acceptance_rate", "mean_accepted_length", "generated_tokens", "tokens_per_second", "wall_ms", "draft_ms", "verify_ms", "network_ms", "prefill_ms", "time_to_first_token_ms", "draft_calls", "drafted_per_position", "accepted_per_position", "acceptance_per_position", "k_histogram", "mean_k", "draft_failure", "draft_ahead_hits", "draft_ahead_misses")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +97,8 @@ class GenerationStats(_message.Message):
     K_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
     MEAN_K_FIELD_NUMBER: _ClassVar[int]
     DRAFT_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_AHEAD_HITS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_AHEAD_MISSES_FIELD_NUMBER: _ClassVar[int]
     steps: int
     draft_tokens: int
     accepted_tokens: int
@@ -115,7 +119,9 @@ class GenerationStats(_message.Message):
     k_histogram: _containers.RepeatedScalarFieldContainer[int]
     mean_k: float
     draft_failure: str
-    def __init__(self, steps: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_accepted_length: _Optional[float] = ..., generated_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., wall_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., network_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ..., draft_calls: _Optional[int] = ..., drafted_per_position: _Optional[_Iterable[int]] = ..., accepted_per_position: _Optional[_Iterable[int]] = ..., acceptance_per_position: _Optional[_Iterable[float]] = ..., k_histogram: _Optional[_Iterable[int]] = ..., mean_k: _Optional[float] = ..., draft_failure: _Optional[str] = ...) -> None: ...
+    draft_ahead_hits: int
+    draft_ahead_misses: int
+    def __init__(self, steps: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_accepted_length: _Optional[float] = ..., generated_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., wall_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., network_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ..., draft_calls: _Optional[int] = ..., drafted_per_position: _Optional[_Iterable[int]] = ..., accepted_per_position: _Optional[_Iterable[int]] = ..., acceptance_per_position: _Optional[_Iterable[float]] = ..., k_histogram: _Optional[_Iterable[int]] = ..., mean_k: _Optional[float] = ..., draft_failure: _Optional[str] = ..., draft_ahead_hits: _Optional[int] = ..., draft_ahead_misses: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("completions", "stats", "prompt_token_ids", "model", "draft", "k", "policy", "seed", "k_controller")

@@ -98,18 +98,8 @@ class Verdict(_message.Message):
     forward_ms: float
     accept_ms: float
     logprobs: _containers.RepeatedScalarFieldContainer[float]
-    hidden_states: HiddenStates
-    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., num_accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., outcomes: _Optional[_Iterable[_Union[DraftOutcome, str]]] = ..., bonus: _Optional[bool] = ..., committed_length: _Optional[int] = ..., forward_ms: _Optional[float] = ..., accept_ms: _Optional[float] = ..., logprobs: _Optional[_Iterable[float]] = ..., hidden_states: _Optional[_Union[HiddenStates, _Mapping]] = ...) -> None: ...
-
-class HiddenStates(_message.Message):
-    __slots__ = ("start_position", "hidden_size", "data_f32")
-    START_POSITION_FIELD_NUMBER: _ClassVar[int]
-    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
-    DATA_F32_FIELD_NUMBER: _ClassVar[int]
-    start_position: int
-    hidden_size: int
-    data_f32: bytes
-    def __init__(self, start_position: _Optional[int] = ..., hidden_size: _Optional[int] = ..., data_f32: _Optional[bytes] = ...) -> None: ...
+    hidden_states: _common_pb2.HiddenStates
+    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., num_accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., outcomes: _Optional[_Iterable[_Union[DraftOutcome, str]]] = ..., bonus: _Optional[bool] = ..., committed_length: _Optional[int] = ..., forward_ms: _Optional[float] = ..., accept_ms: _Optional[float] = ..., logprobs: _Optional[_Iterable[float]] = ..., hidden_states: _Optional[_Union[_common_pb2.HiddenStates, _Mapping]] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ("include_tokenizer",)
@@ -118,7 +108,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, include_tokenizer: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "vocab_size", "vocab_fingerprint", "eos_token_ids", "max_context", "device", "dtype", "tokenizer_files", "hidden_size")
+    __slots__ = ("name", "vocab_size", "vocab_fingerprint", "eos_token_ids", "max_context", "device", "dtype", "tokenizer_files", "hidden_size", "weights_fingerprint")
     class TokenizerFilesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +125,7 @@ class ModelInfo(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FILES_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     name: str
     vocab_size: int
     vocab_fingerprint: str
@@ -144,4 +135,5 @@ class ModelInfo(_message.Message):
     dtype: str
     tokenizer_files: _containers.ScalarMap[str, bytes]
     hidden_size: int
-    def __init__(self, name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., vocab_fingerprint: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_context: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., tokenizer_files: _Optional[_Mapping[str, bytes]] = ..., hidden_size: _Optional[int] = ...) -> None: ...
+    weights_fingerprint: str
+    def __init__(self, name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., vocab_fingerprint: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_context: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., tokenizer_files: _Optional[_Mapping[str, bytes]] = ..., hidden_size: _Optional[int] = ..., weights_fingerprint: _Optional[str] = ...) -> None: ...

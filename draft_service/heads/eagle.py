@@ -1,0 +1,149 @@
+"""EAGLE: one decoder layer that predicts the target's next feature from (feature, next token).
+
+Input at position j is fc(concat(f_j, emb(t_{j+1}))), f_j being the target's final hidden state after token j;
+the layer (with its own KV cache over positions) outputs a predicted f_{j+1}, and a reduced LM head over the N
+most frequent tokens (EAGLE-3's draft vocabulary, initialised from the target's embedding rows) turns it into
+the token at j+2. Drafting continues autoregressively on its own predicted features.
+
+Around a verdict: the verifier returns features for the positions it fed, so with committed length n the
+newest true feature is f_{n-2}; its pair (f_{n-2}, t_{n-1}) yields the first draft, for position n.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from specdec.draft_service.heads.common import FeatureBuffer, draft_token
+from specdec.draft_service.heads.layers import DecoderLayer, LayerCache, LayerShape, RMSNorm, rotary
+from specdec.sampling import SamplingConfig, make_generator
+
+Proposal = tuple[int, torch.Tensor | None]
+
+
+class EagleHead(nn.Module):
+    vocab_ids: torch.Tensor  # [N] the draft vocabulary as full-vocabulary ids (a buffer)
+
+    def __init__(self, shape: LayerShape, draft_vocab_size: int) -> None:
+        super().__init__()
+        h = shape.hidden_size
+        self.shape = shape
+        self.fc = nn.Linear(2 * h, h, bias=True)
+        self.layer = DecoderLayer(shape)
+        self.norm = RMSNorm(h, shape.rms_eps)  # the target's features are post-norm: so are the predictions
+        self.lm_head = nn.Linear(h, draft_vocab_size, bias=False)
+        self.register_buffer("vocab_ids", torch.zeros(draft_vocab_size, dtype=torch.long))  # [N] full-vocab ids
+
+    def inputs(self, features: torch.Tensor, next_embeddings: torch.Tensor) -> torch.Tensor:
+        """features, next_embeddings [B, T, H] -> layer inputs [B, T, H]."""
+        return self.fc(torch.cat([features, next_embeddings], dim=-1))
+
+    def forward_cached(self, features: torch.Tensor, next_embeddings: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """Append positions cache.length .. for one sequence ([1, T, H] each); returns predicted features [1, T, H]."""
+        start, t = cache.length, features.shape[1]
+        positions = torch.arange(start, start + t)
+        cos, sin = rotary(positions, self.shape.head_dim, self.shape.rope_theta)
+        x = self.inputs(features, next_embeddings)
+        q, k, v = self.layer.qkv(x, cos, sin)
+        keys, values = cache.append(k, v)
+        # causal over the whole cache: query i (position start+i) sees positions <= start+i
+        mask = torch.arange(keys.shape[2])[None, :] <= positions[:, None]  # [T, L]
+        return self.norm(self.layer.finish(x, q, keys, values, mask))
+
+    def unrolled(
+        self, features: torch.Tensor, next_embeddings: torch.Tensor, depth: int, key_mask: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Training-time test: `depth` drafting steps over whole sequences at once. features, next_embeddings
+        [B, T, H] (pair j = (f_j, emb(t_{j+1}))); key_mask [B, T] marks real positions.
+
+        Step 0 feeds the true features; step s feeds, at position j, the feature predicted at step s-1 for j, and
+        attends to true keys at positions <= j-s and to its own chain of predicted keys (steps 1..s at positions
+        j-s+1 .. j), exactly what drafting the (s+1)-th token sees. Returns each step's predictions [B, T, H]
+        (row j predicts f_{j+1}; rows j < s of step s are meaningless)."""
+        _, t, _ = features.shape
+        positions = torch.arange(t)
+        cos, sin = rotary(positions, self.shape.head_dim, self.shape.rope_theta)
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        outputs: list[torch.Tensor] = []
+        step_features = features
+        i, j = positions[None, :], positions[:, None]  # key index, query index
+        for s in range(depth):
+            x = self.inputs(step_features, next_embeddings)
+            q, k, v = self.layer.qkv(x, cos, sin)
+            keys.append(k)
+            values.append(v)
+            blocks = [(i <= j - s)]  # true keys
+            blocks += [(i == j - s + r) for r in range(1, s + 1)]  # the chain of predicted keys
+            mask = torch.cat(blocks, dim=1)[None, None] & key_mask.repeat(1, s + 1)[:, None, None, :]  # [B,1,T,(s+1)T]
+            mask[..., s * t :] |= torch.eye(t, dtype=torch.bool)  # a query always sees itself: no empty row at padding
+            out = self.norm(self.layer.finish(x, q, torch.cat(keys, 2), torch.cat(values, 2), mask))  # [B, T, H]
+            outputs.append(out)
+            # the next step's input at j is this step's prediction for j (made at j-1)
+            step_features = torch.cat([features[:, :1], out[:, :-1]], dim=1).detach()
+        return outputs
+
+
+class EagleDrafter:
+    """Drafts with an EagleHead over one session: true features arrive with each commit (observe_hidden); before
+    each block the layer runs once over the new true (feature, token) pairs, then on its own predictions."""
+
+    incremental = True
+    match_length = 0
+
+    def __init__(self, head: EagleHead, embedding: torch.Tensor, vocab_size: int, sampling: SamplingConfig) -> None:
+        self.head = head
+        self.embedding = embedding  # [V, H] the target's token embedding (frozen, shared)
+        self.vocab_size = vocab_size
+        self.sampling = sampling
+        self.sends_probs = not sampling.greedy
+        self.features = FeatureBuffer(head.shape.hidden_size)
+        self.cache = LayerCache()
+        self.pair_tokens: list[int] = []  # t_{j+1} of each true pair j in the cache
+        self.generator = make_generator(sampling.seed, torch.device("cpu"))
+
+    def observe_hidden(self, start: int, hidden: torch.Tensor) -> None:
+        self.features.add(start, hidden)
+        self._rollback(min(len(self.pair_tokens), start))  # pairs from `start` on used replaced features
+
+    def _rollback(self, pairs: int) -> None:
+        del self.pair_tokens[pairs:]
+        self.cache.rollback(pairs)
+
+    @torch.inference_mode()
+    def propose(self, committed: Sequence[int], max_tokens: int, min_confidence: float = 0.0) -> Iterator[Proposal]:
+        n = len(committed)
+        if len(self.features) < n - 1 or n < 2:
+            return  # no feature for position n-2 yet (the first block of a session): nothing to draft from
+        # keep the true pairs whose token still matches the committed sequence; drop drafted ones
+        keep = 0
+        while keep < len(self.pair_tokens) and self.pair_tokens[keep] == committed[keep + 1]:
+            keep += 1
+        keep = min(keep, n - 2)  # the newest true pair always runs again: its output is the first draft's feature
+        self._rollback(keep)
+        new_pairs = range(keep, n - 1)  # pairs (f_j, t_{j+1}) for j = keep .. n-2
+        tokens = torch.tensor([committed[j + 1] for j in new_pairs])
+        features = self.features.rows[keep : n - 1][None]  # [1, T, H]
+        predicted = self.head.forward_cached(features, self.embedding[tokens][None], self.cache)  # [1, T, H]
+        self.pair_tokens.extend(int(t) for t in tokens)
+        feature = predicted[:, -1:]  # [1, 1, H] predicted f_{n-1}
+        for i in range(max_tokens):
+            reduced = self.head.lm_head(feature[0, 0])  # [N]
+            drafted = draft_token(
+                reduced, self.head.vocab_ids, self.vocab_size, self.sampling, self.generator, n + i, min_confidence
+            )
+            if drafted is None:
+                return
+            yield drafted
+            if i + 1 < max_tokens:  # the pair (predicted f_{n-1+i}, drafted token) predicts the next feature
+                token_emb = self.embedding[drafted[0]][None, None]  # [1, 1, H]
+                feature = self.head.forward_cached(feature, token_emb, self.cache)
+
+    def close(self) -> None:
+        self._rollback(0)
+        self.features.truncate(0)
+
+    def kv_cache_bytes(self) -> int:
+        return self.cache.nbytes() + self.features.nbytes()

@@ -1,0 +1,335 @@
+"""Trained draft heads (EAGLE, Medusa): training on a tiny target, save/load, the drafting math, greedy identity and
+distribution preservation through the real services, refusal of a head made for another target."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from specdec.draft_service.core import DraftCore, DraftOptions
+from specdec.draft_service.heads.eagle import EagleDrafter, EagleHead
+from specdec.draft_service.heads.layers import LayerCache, LayerShape
+from specdec.draft_service.heads.medusa import MedusaDrafter, MedusaHead
+from specdec.draft_service.heads.store import HeadConfig, build_head, load_head, save_head
+from specdec.draft_service.heads.train import (
+    TrainConfig,
+    init_head,
+    layer_shape,
+    replay_acceptance,
+    target_identity,
+    train,
+)
+from specdec.draftspec import parse_draft
+from specdec.errors import FailedPrecondition, InvalidArgument
+from specdec.orchestrator.client import SpecdecClient
+from specdec.orchestrator.core import Limits
+from specdec.orchestrator.embedded import EmbeddedStack
+from specdec.orchestrator.loop import UnsentCommit
+from specdec.sampling import SamplingConfig
+from specdec.v1 import common_pb2
+from specdec.wire import hidden_from_pb, hidden_to_pb
+from tests.helpers import assert_greedy_identical, hf_greedy, load
+from tests.test_distribution import exact_marginals, repetitive_prompt, tv
+
+PROMPTS = ["def add(a, b):\n    return", "The quick brown fox jumps over the lazy dog. The quick"]
+MAX_NEW = 40
+TRAIN_PROMPTS = [
+    "def add(a, b):",
+    "Hello! How can I help you today?",
+    "Summarise: the meeting moved to Tuesday.",
+    "for i in range(10):",
+    "The quick brown fox",
+    "Speculative decoding drafts tokens cheaply.",
+    "print the squares",
+    "the room was booked",
+] * 2
+
+
+@pytest.fixture(scope="session")
+def tiny_heads(tiny_dir: Path, tiny_target: Path) -> dict[str, Path]:
+    """An EAGLE and a Medusa head trained for a few steps on the tiny target's own greedy answers."""
+    prompts = tiny_dir / "head-prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p + f" {i}"}) + "\n" for i, p in enumerate(TRAIN_PROMPTS)))
+    lm = load(str(tiny_target))
+    heads = {}
+    for method in ("eagle", "medusa"):
+        cfg = TrainConfig(
+            method=method, minutes=5, max_steps=4, draft_vocab=64, max_new_tokens=16, gen_batch=8, holdout_every=4,
+            batch_tokens=256, window=64, prompt_files=[str(prompts)], data_dir=str(tiny_dir / "head-data"),
+        )  # fmt: skip
+        out = tiny_dir / f"{method}-head"
+        train(lm, cfg, out, f"test {method}")
+        heads[method] = out
+    return heads
+
+
+def random_eagle(shape: LayerShape, vocab: int, draft_vocab: int, seed: int = 0) -> EagleHead:
+    torch.manual_seed(seed)
+    head = EagleHead(shape, draft_vocab).eval()
+    head.vocab_ids.copy_(torch.randperm(vocab)[:draft_vocab].sort().values)
+    return head
+
+
+def test_parse_head_drafts() -> None:
+    assert parse_draft("eagle").name == "eagle" and parse_draft("eagle").needs_hidden_states
+    assert parse_draft("medusa:/some/dir").model == "/some/dir" and parse_draft("medusa:/some/dir").uses_model
+    assert parse_draft("eagle:heads/e").name == "eagle:heads/e"
+    assert not parse_draft("ngram").needs_hidden_states and not parse_draft("model:x").needs_hidden_states
+    for bad in ("medusas", "eagle-x", "Eagle", "hydra:dir"):
+        with pytest.raises(InvalidArgument, match="eagle"):
+            parse_draft(bad)
+
+
+def test_unrolled_training_matches_drafting() -> None:
+    """Training-time test's masks reproduce what the drafter sees: step 0 is the cached layer over true pairs, step s
+    at position j is the chain of s drafted steps after the true pairs < j-s+1."""
+    shape = LayerShape(hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64)
+    head = random_eagle(shape, 50, 20)
+    t = 9
+    features, embeddings = torch.randn(1, t, 32), torch.randn(1, t, 32)
+    with torch.no_grad():
+        outputs = head.unrolled(features, embeddings, 3, torch.ones(1, t, dtype=torch.bool))
+        cache = LayerCache()
+        torch.testing.assert_close(head.forward_cached(features, embeddings, cache), outputs[0])
+        for j in range(2, t):
+            cache = LayerCache()
+            head.forward_cached(features[:, : j - 1], embeddings[:, : j - 1], cache)  # true pairs 0 .. j-2
+            predicted = head.forward_cached(features[:, j - 1 : j], embeddings[:, j - 1 : j], cache)  # pair j-1
+            for s in (1, 2):
+                if j - 1 + s >= t:
+                    break
+                # step s drafts at pair j-1+s from the feature predicted for it
+                predicted = head.forward_cached(predicted, embeddings[:, j - 1 + s : j + s], cache)
+                torch.testing.assert_close(predicted[0, 0], outputs[s][0, j - 1 + s], atol=1e-5, rtol=1e-5)
+
+
+def test_q_is_the_sampling_distribution_over_the_full_vocabulary() -> None:
+    shape = LayerShape(hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64)
+    head = random_eagle(shape, 50, 20)
+    embedding = torch.randn(50, 32)
+    sampling = SamplingConfig(temperature=0.9, top_k=5, seed=3)
+    drafter = EagleDrafter(head, embedding, 50, sampling)
+    drafter.observe_hidden(0, torch.randn(4, 32))
+    proposals = list(drafter.propose([1, 2, 3, 4, 5], 4))
+    assert len(proposals) == 4
+    outside = torch.ones(50, dtype=torch.bool)
+    outside[head.vocab_ids] = False
+    for token, q in proposals:
+        assert q is not None and q.shape == (50,)
+        assert float(q.sum()) == pytest.approx(1.0, abs=1e-5) and q[token] > 0
+        assert bool((q[outside] == 0).all()) and int((q > 0).sum()) <= 5  # reduced vocabulary, then top-k
+    # the same seed drafts the same tokens (draws depend on the position only)
+    again = EagleDrafter(head, embedding, 50, sampling)
+    again.observe_hidden(0, drafter.features.rows)
+    assert [t for t, _ in again.propose([1, 2, 3, 4, 5], 4)] == [t for t, _ in proposals]
+
+
+def test_drafters_need_features_and_roll_back() -> None:
+    shape = LayerShape(hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64)
+    eagle = EagleDrafter(random_eagle(shape, 50, 20), torch.randn(50, 32), 50, SamplingConfig())
+    medusa_head = MedusaHead(32, 3, 20).eval()
+    medusa_head.vocab_ids.copy_(torch.arange(20))
+    medusa = MedusaDrafter(medusa_head, 50, SamplingConfig())
+    for drafter in (eagle, medusa):
+        assert list(drafter.propose([1, 2, 3], 3)) == []  # no features yet: the session's first block
+        features = torch.randn(6, 32)
+        drafter.observe_hidden(0, features[:2])  # positions 0, 1 (committed length 3)
+        first = [t for t, _ in drafter.propose([1, 2, 3], 3)]
+        assert len(first) == 3
+        assert [t for t, _ in drafter.propose([1, 2, 3], 3)] == first  # asked again at the same length: the same
+        drafter.observe_hidden(2, features[2:5])  # the next verdict: positions 2 .. 4 (committed length 6)
+        second = [t for t, _ in drafter.propose([1, 2, 3, 7, 8, 9], 3)]
+        fresh = type(drafter)(*_drafter_args(drafter))
+        fresh.observe_hidden(0, features[:5])
+        assert [t for t, _ in fresh.propose([1, 2, 3, 7, 8, 9], 3)] == second  # incremental == from scratch
+        with pytest.raises(InvalidArgument, match="start at position 9"):
+            drafter.observe_hidden(9, features[:1])  # a gap
+    assert eagle.kv_cache_bytes() > 0
+
+
+def _drafter_args(drafter: EagleDrafter | MedusaDrafter) -> tuple[object, ...]:
+    if isinstance(drafter, EagleDrafter):
+        return drafter.head, drafter.embedding, drafter.vocab_size, drafter.sampling
+    return drafter.head, drafter.vocab_size, drafter.sampling
+
+
+def test_hidden_states_merge_across_steps_without_a_draft_call() -> None:
+    unsent = UnsentCommit()
+    rows = torch.randn(7, 4)
+    unsent.add(5, [1, 2], hidden_to_pb(0, rows[:6]))
+    unsent.add(7, [3], hidden_to_pb(6, rows[6:7]))
+    commit = unsent.take()
+    assert commit is not None and commit.position == 5 and list(commit.token_ids) == [1, 2, 3]
+    start, hidden = hidden_from_pb(commit.hidden_states)
+    assert start == 0 and torch.equal(hidden, rows)
+    assert unsent.take() is None
+    with pytest.raises(InvalidArgument, match="whole rows"):
+        hidden_from_pb(common_pb2.HiddenStates(start_position=0, hidden_size=4, data_f32=b"\0" * 6))
+
+
+def test_training_saves_a_head_that_loads_identically(tiny_heads: dict[str, Path], tiny_target: Path) -> None:
+    lm = load(str(tiny_target))
+    identity = target_identity(lm)
+    for method, folder in tiny_heads.items():
+        config = json.loads((folder / "config.json").read_text())
+        assert config["method"] == method and config["target"] == dataclasses.asdict(identity)
+        assert config["training"]["command"] == f"test {method}" and config["training"]["steps"] == 4
+        assert set(config["training"]["held_out"]) >= {"mean_accepted_length", "acceptance_per_position"}
+        head, loaded_config = load_head(folder)
+        again, _ = load_head(folder)
+        assert loaded_config.draft_vocab_size == 64 == len(head.vocab_ids)
+        for name, tensor in head.state_dict().items():  # fp16 on disk, float32 in memory: a round trip is exact
+            assert torch.equal(tensor, again.state_dict()[name])
+            if tensor.is_floating_point():
+                assert torch.equal(tensor, tensor.half().float())
+        resaved = folder.parent / f"{method}-resaved"
+        save_head(head, loaded_config, resaved)
+        first, second = load_file(str(folder / "model.safetensors")), load_file(str(resaved / "model.safetensors"))
+        assert first.keys() == second.keys() and all(torch.equal(first[n], second[n]) for n in first)
+        assert json.loads((resaved / "config.json").read_text()) == config
+
+
+async def test_greedy_identity_with_trained_heads(tiny_stack, tiny_target: Path, tiny_heads: dict[str, Path]) -> None:
+    lm = load(str(tiny_target))
+    async with SpecdecClient(tiny_stack.address) as client:
+        for method, folder in tiny_heads.items():
+            for k in (1, 3, 5):
+                for prompt in PROMPTS:
+                    ids = lm.tokenizer.encode(prompt)
+                    response = await client.generate(
+                        prompt_token_ids=ids, max_new_tokens=MAX_NEW, draft=f"{method}:{folder}", k=k,
+                        k_controller="fixed",
+                    )  # fmt: skip
+                    tokens = list(response.completions[0].token_ids)
+                    assert_greedy_identical(lm, ids, tokens, hf_greedy(lm, ids, MAX_NEW))
+                    assert response.stats.draft_tokens > 0 and not response.stats.draft_failure
+                    assert response.draft == f"{method}:{folder}"
+                    # the first step has no features yet: target-only; later steps draft (except where the token
+                    # limit leaves room only for the target's own token)
+                    assert 1 <= response.stats.k_histogram[0] <= 2
+
+
+async def test_a_head_for_another_target_is_refused(tiny_unrelated: Path, tiny_heads: dict[str, Path]) -> None:
+    lm = load(str(tiny_unrelated))
+    stack = EmbeddedStack(target=str(tiny_unrelated), device="cpu")
+    async with stack, SpecdecClient(stack.address) as client:
+        for method, folder in tiny_heads.items():
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.generate(prompt_token_ids=lm.tokenizer.encode("def"), draft=f"{method}:{folder}")
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "trained for" in err.value.details() and "weights fingerprint" in err.value.details()
+            assert f"specdec train-draft --target {tiny_unrelated} --method {method}" in err.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.generate(prompt_token_ids=[1, 2], draft=f"eagle:{tiny_unrelated}/nowhere")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "no trained head" in err.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.generate(prompt_token_ids=[1, 2], draft=f"medusa:{tiny_heads['eagle']}")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "holds a eagle head" in err.value.details()
+
+
+def test_mismatch_without_a_weights_fingerprint(tiny_heads: dict[str, Path], tiny_target: Path) -> None:
+    """An older orchestrator sends no weights fingerprint: vocabulary, sizes and the target's name still count."""
+    core = DraftCore("cpu")
+    lm = load(str(tiny_target))
+    good = DraftOptions([1, 2], f"medusa:{tiny_heads['medusa']}", target_name=str(tiny_target),
+                        target_fingerprint=lm.fingerprint, target_vocab_size=lm.vocab_size)  # fmt: skip
+    core.close_session(core.open_session(good))
+    for change in ({"target_name": "someone/else"}, {"target_hidden_size": 65}, {"target_fingerprint": "0" * 16}):
+        with pytest.raises(FailedPrecondition, match="trained for"):
+            core.open_session(dataclasses.replace(good, **change))  # type: ignore[arg-type]
+
+
+def test_held_out_replay_counts_steps(tiny_heads: dict[str, Path], tiny_target: Path, tiny_dir: Path) -> None:
+    from specdec.draft_service.heads.data import load_data
+
+    lm = load(str(tiny_target))
+    data = load_data(next((tiny_dir / "head-data").glob("*.safetensors")))
+    head, _ = load_head(tiny_heads["eagle"])
+    report = replay_acceptance(head, data, [0, 1], lm.model.get_input_embeddings().weight.float(), lm.vocab_size, 3)
+    answers = sum(int(data.offsets[i + 1] - data.offsets[i] - data.prompt_lengths[i]) for i in (0, 1))
+    assert report.committed == answers - 2  # every answer token after the first, target-only step
+    assert 1.0 <= report.mean_accepted_length <= 4.0
+
+
+@pytest.fixture(scope="session")
+def v16_heads(tiny_dir: Path, small_vocab_target: Path) -> dict[str, Path]:
+    """Untrained heads (perturbed) for the 16-token target with a 12-token draft vocabulary: tokens outside it have
+    q = 0, so the verifier's residual must supply them."""
+    lm = load(str(small_vocab_target))
+    vocab_ids = draft_vocabulary_for(lm.vocab_size, 12)
+    heads = {}
+    for method in ("eagle", "medusa"):
+        config = HeadConfig(
+            method=method, target=target_identity(lm), draft_vocab_size=12,
+            layer=layer_shape(lm) if method == "eagle" else None, medusa_heads=3 if method == "medusa" else 0,
+        )  # fmt: skip
+        head = build_head(config)
+        init_head(head, lm, vocab_ids)
+        torch.manual_seed(5)
+        with torch.no_grad():
+            for p in head.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+        save_head(head, config, tiny_dir / f"v16-{method}")
+        heads[method] = tiny_dir / f"v16-{method}"
+    return heads
+
+
+def draft_vocabulary_for(vocab_size: int, size: int) -> torch.Tensor:
+    return torch.arange(vocab_size)[-size:]
+
+
+@pytest.mark.parametrize("method", ["eagle", "medusa"])
+async def test_sampled_tokens_follow_the_target(small_vocab_target: Path, v16_heads: dict[str, Path], method: str):
+    """Rejection sampling with a head's q (dense, zero outside its draft vocabulary) keeps the target's distribution."""
+    target = load(str(small_vocab_target))
+    prompt = repetitive_prompt(target)
+    sampling = SamplingConfig(temperature=1.0)
+    new_tokens, calls, samples_per_call = 4, 20, 64
+    p = exact_marginals(target, prompt, new_tokens, sampling)
+    counts = torch.zeros(new_tokens, target.vocab_size + 1)
+    drafted = accepted = 0
+    stack = EmbeddedStack(target=str(small_vocab_target), device="cpu", limits=Limits(samples_in_flight=16))
+    async with stack, SpecdecClient(stack.address) as client:
+        for call in range(calls):
+            response = await client.generate(
+                prompt_token_ids=prompt, max_new_tokens=new_tokens, temperature=1.0, seed=call,
+                num_samples=samples_per_call, draft=f"{method}:{v16_heads[method]}", k=2, k_controller="fixed",
+                probs_encoding=common_pb2.PROBS_ENCODING_DENSE,
+            )  # fmt: skip
+            drafted += response.stats.draft_tokens
+            accepted += response.stats.accepted_tokens
+            for completion in response.completions:
+                tokens = list(completion.token_ids) + [target.vocab_size] * new_tokens
+                for position, token in enumerate(tokens[:new_tokens]):
+                    counts[position, token] += 1
+    assert drafted > 0 and 0 < accepted < drafted
+    for position in range(new_tokens):
+        empirical = counts[position] / counts[position].sum()
+        assert tv(empirical, p[position]) < 0.1, f"position {position}: TV {tv(empirical, p[position]):.3f}"
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("method", ["eagle", "medusa"])
+async def test_shipped_heads_on_the_default_model(method: str) -> None:
+    """`--draft eagle` / `--draft medusa` (the shipped heads) on the default target: greedy identity on a chat prompt
+    the training never saw, and some drafts accepted."""
+    from specdec.modeling import chat_prompt_ids
+
+    lm = load("")
+    ids = chat_prompt_ids(
+        lm.tokenizer, [{"role": "user", "content": "What is the difference between a lake and a sea?"}]
+    )
+    async with EmbeddedStack(target_model=lm) as stack, SpecdecClient(stack.address) as client:
+        response = await client.generate(
+            prompt_token_ids=ids, max_new_tokens=32, draft=method, k=4, k_controller="fixed"
+        )
+    assert_greedy_identical(lm, ids, list(response.completions[0].token_ids), hf_greedy(lm, ids, 32))
+    # the shipped heads are weak (see the README): some drafts are accepted, far from all
+    assert response.stats.draft_tokens > 0 and response.stats.accepted_tokens > 0, response.stats
