@@ -20,7 +20,7 @@ async def test_the_perf_report_measures_every_section(tiny_target: Path, tmp_pat
     report = await run_perf(lm, cfg)
     lean = report["lean_path"]
     assert lean["none_tokens_per_second"] > 0 and lean["hf_generate_tokens_per_second"] > 0
-    assert math.isclose(lean["ratio_to_hf_generate"], lean["ratio_to_hf_generate"])  # a number, not NaN
+    assert lean["ratio_to_hf_generate"] > 0 and not math.isnan(lean["ratio_to_hf_generate"])
     for row in report["batching"].values():
         assert row["aggregate_tokens_per_second_1"] > 0 and row["aggregate_tokens_per_second_3"] > 0
         assert math.isclose(row["scaling"], row["aggregate_tokens_per_second_3"] / row["aggregate_tokens_per_second_1"])

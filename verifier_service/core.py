@@ -280,7 +280,7 @@ class VerifierCore:
 
         Returns one outcome per request, or the exception that request alone raised (a bad block fails only
         its own caller). Greedy exact-policy sessions are accepted by one batched `greedy_verify` call."""
-        results: list[VerifyOutcome | Exception | None] = [None] * len(requests)
+        results: list[VerifyOutcome | Exception] = [FailedPrecondition("not verified")] * len(requests)
         blocks: list[tuple[int, PendingBlock]] = []
         for i, request in enumerate(requests):
             try:
@@ -291,11 +291,13 @@ class VerifierCore:
         start = time.perf_counter()
         try:
             outs = extend_many(self.lm.model, [block.job for _, block in blocks])
-        except Exception:
-            if len(blocks) == 1:
-                blocks[0][1].session.kv.reset()  # a half-run forward leaves the cache undefined
-                raise
-            return self._one_by_one(requests)  # so that only the block at fault fails
+        except Exception as exc:
+            if len(blocks) > 1:
+                return self._one_by_one(requests)  # so that only the block at fault fails
+            i, block = blocks[0]
+            block.session.kv.reset()  # a half-run forward leaves the cache undefined
+            results[i] = exc
+            return results
         forward_ms = (time.perf_counter() - start) * 1e3
         accepted = batched_greedy_accept([block for _, block in blocks], outs)
         for (i, block), out, verdict in zip(blocks, outs, accepted, strict=True):
@@ -303,7 +305,7 @@ class VerifierCore:
                 results[i] = block.session.finish_verify(block, out, forward_ms, verdict)
             except Exception as exc:
                 results[i] = exc
-        return [r if r is not None else AssertionError("no result") for r in results]
+        return results
 
     def _one_by_one(self, requests: Sequence[VerifyRequest]) -> list[VerifyOutcome | Exception]:
         """After a failed batch: caches rebuilt from the committed tokens, every request alone."""
