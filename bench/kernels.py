@@ -24,6 +24,9 @@ from specdec import kernels
 from specdec.sampling import SamplingConfig, logits_to_probs
 
 TEMPERATURE_ONE = SamplingConfig(temperature=1.0)
+KERNELS = ("greedy_verify", "rejection_sample", "rejection_sample_one_hot")
+HEADLINE = (64, 8, 49152)  # the issue's goal: fused rejection sampler >= 3x torch, within 2x of the floor
+Outputs = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -66,8 +69,10 @@ def floor_bytes(kernel: str, inputs: dict[str, torch.Tensor], num_accepted: torc
     element = inputs["p"].element_size()
     if kernel == "greedy_verify":
         return int((num_accepted + 1).sum()) * v * element
-    rejected = int((num_accepted < k).sum())
     rows = num_accepted.numel()
+    if kernel == "rejection_sample_one_hot":  # the acceptance races read p and noise rows 0 .. a
+        return int((num_accepted + 1).sum()) * 2 * v * element
+    rejected = int((num_accepted < k).sum())
     return (2 * rows + rejected) * v * element + rows * k * 3 * element
 
 
@@ -85,24 +90,129 @@ def time_ms(fn: Callable[[], object], device: torch.device) -> float:
     return statistics.median(samples)
 
 
-def bench_case(kernel: str, backend: str, b: int, k: int, v: int, device: torch.device, peak_gbps: float) -> Row:
-    x = make_inputs(b, k, v, device)
+def kernel_call(kernel: str, backend: str, x: dict[str, torch.Tensor], **tuning: int) -> Callable[[], Outputs]:
+    """One acceptance call on prepared inputs; `tuning` (split, block, num_warps) goes to the Triton module."""
+    if tuning:
+        from specdec.kernels import triton_kernels
+
+        assert kernel == "rejection_sample" and backend == "triton"
+        return lambda: triton_kernels.rejection_sample(
+            x["p"], x["q"], x["drafts"], x["num_draft"], x["uniforms"], x["noise"], **tuning
+        )
     if kernel == "greedy_verify":
+        return lambda: kernels.greedy_verify(x["logits"], x["drafts"], x["num_draft"], backend=backend)
+    if kernel == "rejection_sample_one_hot":
+        return lambda: kernels.rejection_sample(
+            x["p"], None, x["drafts"], x["num_draft"], x["uniforms"], x["noise"], backend=backend
+        )
+    return lambda: kernels.rejection_sample(
+        x["p"], x["q"], x["drafts"], x["num_draft"], x["uniforms"], x["noise"], backend=backend
+    )
 
-        def call() -> tuple[torch.Tensor, torch.Tensor]:
-            return kernels.greedy_verify(x["logits"], x["drafts"], x["num_draft"], backend=backend)
-    else:
 
-        def call() -> tuple[torch.Tensor, torch.Tensor]:
-            return kernels.rejection_sample(
-                x["p"], x["q"], x["drafts"], x["num_draft"], x["uniforms"], x["noise"], backend=backend
-            )
-
-    num_accepted, _ = call()
-    assert kernels.last_backend() == backend
+def bench_case(
+    kernel: str, backend: str, x: dict[str, torch.Tensor], peak_gbps: float, **tuning: int
+) -> tuple[Row, Outputs]:
+    b, k = x["drafts"].shape
+    v = x["p"].shape[-1]
+    device = x["p"].device
+    call = kernel_call(kernel, backend, x, **tuning)
+    result = call()
+    if not tuning:
+        assert kernels.last_backend() == backend
     ms = time_ms(call, device)
-    floor = floor_bytes(kernel, x, num_accepted)
-    return Row(kernel, backend, device.type, b, k, v, ms, floor, floor / ms / 1e6, floor / (peak_gbps * 1e6))
+    floor = floor_bytes(kernel, x, result[0])
+    row = Row(kernel, backend, device.type, b, k, v, ms, floor, floor / ms / 1e6, floor / (peak_gbps * 1e6))
+    if tuning:
+        row.backend = "triton " + ",".join(f"{name}={value}" for name, value in sorted(tuning.items()))
+    return row, (result[0].cpu(), result[1].cpu())
+
+
+def same(a: Outputs, b: Outputs) -> bool:
+    return torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def run_grid(
+    grid: list[tuple[int, int, int]], backends: list[str], device: torch.device, peak_gbps: float
+) -> tuple[list[Row], list[str]]:
+    """Every kernel on every case with every backend; the backends' outputs must be identical."""
+    rows: list[Row] = []
+    mismatches: list[str] = []
+    for b, k, v in grid:
+        x = make_inputs(b, k, v, device)
+        for kernel in KERNELS:
+            results = []
+            for backend in backends:
+                row, result = bench_case(kernel, backend, x, peak_gbps)
+                rows.append(row)
+                results.append(result)
+            if any(not same(results[0], other) for other in results[1:]):
+                mismatches.append(f"{kernel} B={b} K={k} V={v}")
+        del x
+    return rows, mismatches
+
+
+def tuning_sweep(device: torch.device, peak_gbps: float, smoke: bool) -> tuple[list[Row], list[str]]:
+    """The rejection sampler at the headline case over slices per row, tile width and warps (Triton only)."""
+    from specdec.kernels import triton_kernels
+
+    b, k, v = (2, 4, 300) if smoke else HEADLINE
+    x = make_inputs(b, k, v, device)
+    want = kernels.rejection_sample(x["p"], x["q"], x["drafts"], x["num_draft"], x["uniforms"], x["noise"], "torch")
+    want = (want[0].cpu(), want[1].cpu())
+    auto = triton_kernels.auto_split(b, v, triton_kernels.BLOCK, device)
+    splits = sorted({1, auto, 2 * auto})
+    configs = [(1, 64, 1)] if smoke else [(s, blk, w) for s in splits for blk in (1024, 2048, 4096) for w in (4, 8)]
+    rows, mismatches = [], []
+    for split, block, warps in configs:
+        try:
+            row, got = bench_case("rejection_sample", "triton", x, peak_gbps, split=split, block=block, num_warps=warps)
+        except Exception as exc:  # a config that does not compile is reported, not fatal
+            mismatches.append(f"split={split} block={block} warps={warps}: {type(exc).__name__}: {exc}")
+            continue
+        rows.append(row)
+        if not same(got, want):
+            mismatches.append(f"split={split} block={block} warps={warps}: output differs from torch")
+    return rows, mismatches
+
+
+def print_table(rows: list[Row], backends: list[str]) -> None:
+    print(f"| kernel | B | K | V | {' | '.join(f'{b} ms' for b in backends)} | floor ms | best GB/s | speedup |")
+    print("|---|---:|---:|---:|" + "---:|" * (len(backends) + 3))
+    for i in range(0, len(rows), len(backends)):
+        group = rows[i : i + len(backends)]
+        first = group[0]
+        times = " | ".join(f"{r.median_ms:.4f}" for r in group)
+        speedup = group[0].median_ms / group[-1].median_ms
+        best = max(r.achieved_gbps for r in group)
+        print(
+            f"| {first.kernel} | {first.batch} | {first.k} | {first.vocab} | {times} | {first.floor_ms:.4f} | "
+            f"{best:.1f} | {speedup:.2f}x |"
+        )
+
+
+def headline_verdict(rows: list[Row], sweep: list[Row]) -> dict[str, float | bool]:
+    """The issue's goal at B=64, K=8, V=49152: speedup over torch and the distance from the bandwidth floor."""
+
+    def at_headline(r: Row) -> bool:
+        return (r.batch, r.k, r.vocab) == HEADLINE and r.kernel == "rejection_sample"
+
+    torch_ms = min((r.median_ms for r in rows if at_headline(r) and r.backend == "torch"), default=0.0)
+    triton_rows = [r for r in rows + sweep if at_headline(r) and r.backend.startswith("triton")]
+    if not torch_ms or not triton_rows:
+        return {}
+    default = next(r for r in triton_rows if r.backend == "triton")
+    best = min(triton_rows, key=lambda r: r.median_ms)
+    return {
+        "torch_ms": torch_ms,
+        "triton_default_ms": default.median_ms,
+        "triton_best_ms": best.median_ms,
+        "floor_ms": default.floor_ms,
+        "speedup_default": torch_ms / default.median_ms,
+        "floor_ratio_default": default.median_ms / default.floor_ms,
+        "speedup_goal_met": torch_ms / default.median_ms >= 3.0,
+        "floor_goal_met": default.median_ms <= 2.0 * default.floor_ms,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,11 +220,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/kernels.json")
     parser.add_argument("--peak-gbps", type=float, default=4800.0, help="device peak bandwidth (H200: 4800)")
     parser.add_argument("--smoke", action="store_true", help="tiny grid (tests)")
+    parser.add_argument(
+        "--backends",
+        default="",
+        help="comma-separated (default: torch,triton on CUDA, torch on CPU; on CPU triton needs TRITON_INTERPRET=1)",
+    )
     args = parser.parse_args(argv)
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    backends = ["torch", "triton"] if cuda else ["torch"]
+    backends = args.backends.split(",") if args.backends else (["torch", "triton"] if cuda else ["torch"])
     if args.smoke:
         grid = [(1, 1, 64), (2, 4, 128)]
     elif cuda:
@@ -122,31 +237,33 @@ def main(argv: list[str] | None = None) -> int:
     else:
         grid = [(b, k, 49152) for b in (1, 8) for k in (1, 4, 8)]
     if not cuda:
-        print("no CUDA device: timing the torch reference on the CPU only; Triton timing is pending a GPU")
-    rows = [
-        bench_case(kernel, backend, b, k, v, device, args.peak_gbps)
-        for kernel in ("greedy_verify", "rejection_sample")
-        for (b, k, v) in grid
-        for backend in backends
-    ]
-    print(f"| kernel | B | K | V | {' | '.join(f'{b} ms' for b in backends)} | floor ms | best GB/s | speedup |")
-    print("|---|---:|---:|---:|" + "---:|" * (len(backends) + 3))
-    for i in range(0, len(rows), len(backends)):
-        group = rows[i : i + len(backends)]
-        first = group[0]
-        times = " | ".join(f"{r.median_ms:.3f}" for r in group)
-        speedup = group[0].median_ms / group[-1].median_ms
-        best = max(r.achieved_gbps for r in group)
-        print(
-            f"| {first.kernel} | {first.batch} | {first.k} | {first.vocab} | {times} | {first.floor_ms:.4f} | "
-            f"{best:.1f} | {speedup:.2f}x |"
-        )
+        print("no CUDA device: CPU timings only (Triton through its interpreter when asked); GPU timing is pending")
+    rows, mismatches = run_grid(grid, backends, device, args.peak_gbps)
+    print_table(rows, backends)
+    sweep: list[Row] = []
+    if "triton" in backends:
+        sweep, sweep_problems = tuning_sweep(device, args.peak_gbps, args.smoke)
+        mismatches += sweep_problems
+        print("\nrejection_sample (with q) at the headline case, Triton tuning sweep:")
+        for r in sorted(sweep, key=lambda r: r.median_ms):
+            print(f"  {r.backend}: {r.median_ms:.4f} ms, {r.achieved_gbps:.0f} GB/s (floor {r.floor_ms:.4f} ms)")
+    verdict = headline_verdict(rows, sweep)
+    if verdict:
+        print(f"\nheadline B=64 K=8 V=49152: {json.dumps(verdict)}")
+    print("backends agree on every case" if not mismatches else f"MISMATCHES: {mismatches}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if cuda else "cpu"}
-    out.write_text(json.dumps({"system": info, "rows": [asdict(r) for r in rows]}, indent=2))
+    payload = {
+        "system": info,
+        "rows": [asdict(r) for r in rows],
+        "sweep": [asdict(r) for r in sweep],
+        "headline": verdict,
+        "mismatches": mismatches,
+    }
+    out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {out}")
-    return 0
+    return 1 if mismatches else 0
 
 
 if __name__ == "__main__":

@@ -1,31 +1,75 @@
-"""Triton versions of the acceptance step, one program per batch row, exactly matching `reference.py`.
+"""Triton versions of the acceptance step, exactly matching `reference.py`.
 
 Both kernels read the vocabulary in BLOCK-wide tiles and stop early: greedy verification reads the
 target's logits only up to the first mismatch ((a+1)·V values instead of (K+1)·V), and rejection sampling
-reads one distribution row for its final token. Argmax ties resolve to the lowest index, as torch.argmax.
+reads one distribution row for its final token. Inside a row every tile is folded into per-lane running
+maxima (elementwise compares, no reduction in the loop, so the loads stream); one reduction per row at the
+end picks the lowest index among the maxima, as torch.argmax does on ties.
+
+Rejection sampling with draft probabilities splits the final row over SPLIT programs per batch row (a grid of
+B × SPLIT), so that a small batch still uses every multiprocessor: each program reduces its slice of the row
+to a partial (race maxima, their indices, residual mass), and the last program of the row to finish (an
+atomic counter) combines the partials. One-hot drafts (no q) keep one program per row: their acceptance test
+reads whole rows in sequence.
 
 On CPU these run only under the Triton interpreter (TRITON_INTERPRET=1, set before triton is imported).
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-BLOCK = 1024
+BLOCK = 2048  # vocabulary tile per loop iteration
+NUM_WARPS = 8
+INT32_MAX = 2**31 - 1
+
+
+@triton.jit
+def _fold(values, offs, acc, acc_idx):
+    """Fold one tile into per-lane running maxima; strictly greater only, so each lane keeps its earliest index."""
+    take = values > acc
+    return tl.where(take, values, acc), tl.where(take, offs, acc_idx)
+
+
+@triton.jit
+def _reduce(acc, acc_idx):
+    """The row's maximum and the lowest index holding it, from per-lane running maxima."""
+    best = tl.max(acc, axis=0)
+    return best, tl.min(tl.where(acc == best, acc_idx, INT32_MAX), axis=0)
 
 
 @triton.jit
 def _row_argmax(row_ptr, V, BLOCK: tl.constexpr):
-    """Index of the first maximum of row_ptr[0:V] (fp32 compare)."""
-    best_val = -float("inf")
-    best_idx = 0
+    """Index of the first maximum of row_ptr[0:V] (fp32 compare); 0 for a row of -inf, as torch.argmax."""
+    lanes = tl.arange(0, BLOCK)
+    acc = tl.full([BLOCK], -float("inf"), tl.float32)
+    acc_idx = lanes
     for start in range(0, V, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
+        offs = start + lanes
         x = tl.load(row_ptr + offs, mask=offs < V, other=-float("inf")).to(tl.float32)
-        best_val, best_idx = _running_argmax(x, start, best_val, best_idx)
-    return best_idx
+        acc, acc_idx = _fold(x, offs, acc, acc_idx)
+    _, idx = _reduce(acc, acc_idx)
+    return idx
+
+
+@triton.jit
+def _race_winner(p_row, noise_row, V, BLOCK: tl.constexpr):
+    """argmax(p / noise) over one row of V (the first index on ties, as torch.argmax)."""
+    lanes = tl.arange(0, BLOCK)
+    acc = tl.full([BLOCK], -1.0, tl.float32)
+    acc_idx = lanes
+    for start in range(0, V, BLOCK):
+        offs = start + lanes
+        valid = offs < V
+        p = tl.load(p_row + offs, mask=valid, other=0.0).to(tl.float32)
+        e = tl.load(noise_row + offs, mask=valid, other=1.0).to(tl.float32)
+        acc, acc_idx = _fold(tl.where(valid, tl.math.div_rn(p, e), -1.0), offs, acc, acc_idx)
+    _, idx = _reduce(acc, acc_idx)
+    return idx
 
 
 @triton.jit
@@ -70,8 +114,13 @@ def _rejection_sample_kernel(
     noise_ptr,  # [B, K+1, V] Exp(1)
     num_accepted_ptr,  # [B] int64, out
     out_ptr,  # [B, K+1] int64, out, pre-filled with -1
+    part_val_ptr,  # [B, SPLIT, 2] fp32 scratch: each slice's residual and p race maxima (SPLIT > 1)
+    part_idx_ptr,  # [B, SPLIT, 2] int32 scratch: their indices
+    part_mass_ptr,  # [B, SPLIT] fp32 scratch: each slice's residual mass
+    arrivals_ptr,  # [B] int32, zeroed: how many of the row's programs have written their partial
     K,
     V,
+    CHUNK,  # vocabulary slice per program (a multiple of BLOCK)
     stride_pb,
     stride_pk,
     stride_qb,
@@ -82,12 +131,16 @@ def _rejection_sample_kernel(
     stride_nk,
     stride_ob,
     HAS_Q: tl.constexpr,
+    SPLIT: tl.constexpr,  # programs per batch row
+    SPLIT_POW2: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     b = tl.program_id(0)
+    s = tl.program_id(1)
     n = tl.load(num_draft_ptr + b)
     # 1. accept d_i with probability min(1, p/q): while u_i * q_i(d_i) < p_i(d_i); with one-hot q, while d_i
-    #    wins the exponential race on p_i (probability p_i(d_i); see the reference's docstring)
+    #    wins the exponential race on p_i (probability p_i(d_i); see the reference's docstring). Every program
+    #    of the row computes this (a few scalar loads with q); slice 0 writes it.
     accepted = 0
     done = 0
     for i in range(0, K):
@@ -105,81 +158,103 @@ def _rejection_sample_kernel(
                     u = tl.load(uniforms_ptr + b * stride_ub + i).to(tl.float32)
                     ok = u * q < p
                 if ok:
-                    tl.store(out_ptr + b * stride_ob + i, d)
+                    if s == 0:
+                        tl.store(out_ptr + b * stride_ob + i, d)
                     accepted += 1
                 else:
                     done = 1
             else:
                 done = 1
     # 2. the final token at position a: from norm(max(0, p - q)) after a rejection, else the bonus from p,
-    #    drawn by the exponential race argmax(dist / noise); an empty residual falls back to p.
+    #    drawn by the exponential race argmax(dist / noise); an empty residual falls back to p. This program
+    #    reads its slice [lo, hi) of row a.
     a = accepted
     rejected = a < n
     d_a = tl.load(draft_ptr + b * stride_db + a, mask=rejected, other=-1)
     p_row = p_ptr + b * stride_pb + a * stride_pk
     q_row = q_ptr + b * stride_qb + a * stride_qk
     noise_row = noise_ptr + b * stride_nb + a * stride_nk
-    best_r = -1.0
-    best_r_idx = 0
-    best_p = -1.0
-    best_p_idx = 0
-    residual_mass = 0.0
-    for start in range(0, V, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        valid = offs < V
+    lo = s * CHUNK
+    hi = tl.minimum(lo + CHUNK, V)
+    lanes = tl.arange(0, BLOCK)
+    acc_r = tl.full([BLOCK], -1.0, tl.float32)
+    acc_r_idx = lo + lanes
+    acc_p = tl.full([BLOCK], -1.0, tl.float32)
+    acc_p_idx = lo + lanes
+    mass = tl.zeros([BLOCK], tl.float32)
+    for start in range(lo, hi, BLOCK):
+        offs = start + lanes
+        valid = offs < hi
         p = tl.load(p_row + offs, mask=valid, other=0.0).to(tl.float32)
         e = tl.load(noise_row + offs, mask=valid, other=1.0).to(tl.float32)
         if HAS_Q:
             # row a of q exists only after a rejection (a < n <= K); a bonus position has no q row
-            q_valid = valid & ((offs * 0 + rejected.to(tl.int32)) != 0)
+            q_valid = valid & ((offs * 0 + rejected.to(tl.int32)) != 0)  # (the interpreter wants a tensor mask)
             q = tl.load(q_row + offs, mask=q_valid, other=0.0).to(tl.float32)
         else:
             q = tl.where(offs == d_a, 1.0, 0.0)
         r = tl.where(rejected, tl.maximum(p - q, 0.0), p)
-        residual_mass += tl.sum(tl.where(valid, r, 0.0), axis=0)
-        race_r = tl.where(valid, tl.math.div_rn(r, e), -1.0)
-        race_p = tl.where(valid, tl.math.div_rn(p, e), -1.0)
-        best_r, best_r_idx = _running_argmax(race_r, start, best_r, best_r_idx)
-        best_p, best_p_idx = _running_argmax(race_p, start, best_p, best_p_idx)
-    final = tl.where(residual_mass > 0.0, best_r_idx, best_p_idx).to(tl.int64)
-    tl.store(out_ptr + b * stride_ob + a, final)
-    tl.store(num_accepted_ptr + b, a)
-
-
-@triton.jit
-def _race_winner(p_row, noise_row, V, BLOCK: tl.constexpr):
-    """argmax(p / noise) over one row of V (the first index on ties, as torch.argmax)."""
-    best = -1.0
-    best_idx = 0
-    for start in range(0, V, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        valid = offs < V
-        p = tl.load(p_row + offs, mask=valid, other=0.0).to(tl.float32)
-        e = tl.load(noise_row + offs, mask=valid, other=1.0).to(tl.float32)
-        race = tl.where(valid, tl.math.div_rn(p, e), -1.0)
-        best, best_idx = _running_argmax(race, start, best, best_idx)
-    return best_idx
-
-
-@triton.jit
-def _running_argmax(values, start, best, best_idx):
-    """Fold one block (offsets start ..) into a running (max, argmax): the lowest index among the block's maxima,
-    and strictly greater only, so an equal later maximum never wins (as torch.argmax)."""
-    block_best = tl.max(values, axis=0)
-    take = block_best > best
-    return tl.where(take, block_best, best), tl.where(take, tl.argmax(values, axis=0) + start, best_idx)
+        mass += tl.where(valid, r, 0.0)
+        acc_r, acc_r_idx = _fold(tl.where(valid, tl.math.div_rn(r, e), -1.0), offs, acc_r, acc_r_idx)
+        acc_p, acc_p_idx = _fold(tl.where(valid, tl.math.div_rn(p, e), -1.0), offs, acc_p, acc_p_idx)
+    best_r, best_r_idx = _reduce(acc_r, acc_r_idx)
+    best_p, best_p_idx = _reduce(acc_p, acc_p_idx)
+    residual_mass = tl.sum(mass, axis=0)
+    if SPLIT == 1:
+        final = tl.where(residual_mass > 0.0, best_r_idx, best_p_idx).to(tl.int64)
+        tl.store(out_ptr + b * stride_ob + a, final)
+        tl.store(num_accepted_ptr + b, a)
+    else:
+        part = b * SPLIT + s
+        tl.store(part_val_ptr + 2 * part, best_r)
+        tl.store(part_val_ptr + 2 * part + 1, best_p)
+        tl.store(part_idx_ptr + 2 * part, best_r_idx)
+        tl.store(part_idx_ptr + 2 * part + 1, best_p_idx)
+        tl.store(part_mass_ptr + part, residual_mass)
+        tl.debug_barrier()  # every thread's stores precede the release below
+        arrived = tl.atomic_add(arrivals_ptr + b, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT - 1:  # the row's last program: combine the partials (lower slice wins ties)
+            tl.debug_barrier()
+            slices = tl.arange(0, SPLIT_POW2)
+            base = b * SPLIT + slices
+            mine = slices < SPLIT
+            vals_r = tl.load(part_val_ptr + 2 * base, mask=mine, other=-2.0, volatile=True)
+            vals_p = tl.load(part_val_ptr + 2 * base + 1, mask=mine, other=-2.0, volatile=True)
+            idx_r = tl.load(part_idx_ptr + 2 * base, mask=mine, other=INT32_MAX, volatile=True)
+            idx_p = tl.load(part_idx_ptr + 2 * base + 1, mask=mine, other=INT32_MAX, volatile=True)
+            total = tl.sum(tl.load(part_mass_ptr + base, mask=mine, other=0.0, volatile=True), axis=0)
+            _, win_r = _reduce(vals_r, idx_r)
+            _, win_p = _reduce(vals_p, idx_p)
+            final = tl.where(total > 0.0, win_r, win_p).to(tl.int64)
+            tl.store(out_ptr + b * stride_ob + a, final)
+            tl.store(num_accepted_ptr + b, a)
 
 
 def _outputs(b: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    num_accepted = torch.zeros(b, dtype=torch.long, device=device)  # [B]
+    num_accepted = torch.empty(b, dtype=torch.long, device=device)  # [B] every row is written
     out = torch.full((b, k + 1), -1, dtype=torch.long, device=device)  # [B, K+1]
     return num_accepted, out
+
+
+def _block(v: int, block: int | None) -> int:
+    return min(block or BLOCK, triton.next_power_of_2(v))
+
+
+def auto_split(b: int, v: int, block: int, device: torch.device) -> int:
+    """Programs per batch row for rejection sampling with q: about two per multiprocessor in all, at most one
+    per tile. The interpreter (CPU) uses 3 so tests exercise the split path."""
+    if device.type != "cuda":
+        return max(1, min(3, triton.cdiv(v, block)))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(triton.cdiv(2 * sms, b), triton.cdiv(v, block)))
 
 
 def greedy_verify(
     target_logits: torch.Tensor,  # [B, K+1, V]
     draft_tokens: torch.Tensor,  # [B, K]
     num_draft: torch.Tensor,  # [B]
+    block: int | None = None,
+    num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b, k1, v = target_logits.shape
     logits = target_logits.contiguous()
@@ -189,7 +264,7 @@ def greedy_verify(
     _greedy_verify_kernel[(b,)](
         logits, drafts, num, num_accepted, out, k1 - 1, v,
         logits.stride(0), logits.stride(1), drafts.stride(0), out.stride(0),
-        BLOCK=min(BLOCK, triton.next_power_of_2(v)),
+        BLOCK=_block(v, block), num_warps=num_warps or NUM_WARPS,
     )  # fmt: skip
     return num_accepted, out
 
@@ -201,20 +276,35 @@ def rejection_sample(
     num_draft: torch.Tensor,  # [B]
     uniforms: torch.Tensor,  # [B, K]
     noise: torch.Tensor,  # [B, K+1, V]
+    split: int | None = None,  # programs per row (with q); None: auto_split, or SPECDEC_KERNEL_SPLIT
+    block: int | None = None,
+    num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b, k1, v = target_probs.shape
+    device = target_probs.device
     p = target_probs.contiguous()
     q = draft_probs.contiguous() if draft_probs is not None else p  # a placeholder pointer when one-hot
     drafts = draft_tokens.long().contiguous()
     num = num_draft.long().contiguous()
     u = uniforms.contiguous()
     e = noise.contiguous()
-    num_accepted, out = _outputs(b, k1 - 1, p.device)
-    _rejection_sample_kernel[(b,)](
-        p, q, drafts, num, u, e, num_accepted, out, k1 - 1, v,
+    tile = _block(v, block)
+    if draft_probs is None:
+        split = 1  # one-hot acceptance reads whole rows in sequence: one program per row
+    elif split is None:
+        split = int(os.environ.get("SPECDEC_KERNEL_SPLIT", "0")) or auto_split(b, v, tile, device)
+    chunk = triton.cdiv(triton.cdiv(v, split), tile) * tile  # [lo, lo + chunk) per program, whole tiles
+    split = triton.cdiv(v, chunk)  # no empty slice
+    num_accepted, out = _outputs(b, k1 - 1, device)
+    part_val = torch.empty(b, split, 2, dtype=torch.float32, device=device)  # [B, SPLIT, 2]
+    part_idx = torch.empty(b, split, 2, dtype=torch.int32, device=device)  # [B, SPLIT, 2]
+    part_mass = torch.empty(b, split, dtype=torch.float32, device=device)  # [B, SPLIT]
+    arrivals = torch.zeros(b if split > 1 else 1, dtype=torch.int32, device=device)  # [B]
+    _rejection_sample_kernel[(b, split)](
+        p, q, drafts, num, u, e, num_accepted, out, part_val, part_idx, part_mass, arrivals, k1 - 1, v, chunk,
         p.stride(0), p.stride(1), q.stride(0), q.stride(1), drafts.stride(0), u.stride(0),
         e.stride(0), e.stride(1), out.stride(0),
-        HAS_Q=draft_probs is not None,
-        BLOCK=min(BLOCK, triton.next_power_of_2(v)),
+        HAS_Q=draft_probs is not None, SPLIT=split, SPLIT_POW2=triton.next_power_of_2(split),
+        BLOCK=tile, num_warps=num_warps or NUM_WARPS,
     )  # fmt: skip
     return num_accepted, out

@@ -98,6 +98,39 @@ def test_rejection_sample_matches_the_reference(b: int, k: int, v: int, mode: st
         assert_same(*both("rejection_sample", p, None if one_hot else q, drafts, num_draft, uniforms, noise))
 
 
+@pytest.mark.parametrize("mode", ["far", "same", "masked"])
+@pytest.mark.parametrize(("split", "block"), [(1, 16), (2, 16), (5, 16), (7, 32), (64, 16)])
+def test_rejection_sample_split_rows_match_the_reference(mode: str, split: int, block: int) -> None:
+    """The final row split over several programs (partials combined by the row's last program) picks the same
+    token as one program and the reference: small tiles make many tiles and slices of a short row."""
+    from specdec.kernels import triton_kernels
+
+    for seed in range(2):
+        p, q, drafts, num_draft, uniforms, noise = sampling_case(5, 4, 203, seed, mode)
+        got = triton_kernels.rejection_sample(p, q, drafts, num_draft, uniforms, noise, split=split, block=block)
+        assert_same(got, reference.rejection_sample(p, q, drafts, num_draft, uniforms, noise))
+
+
+def test_rejection_sample_ties_across_slices_pick_the_lowest_index() -> None:
+    """Equal race values in different slices: the lower slice's index wins, as torch.argmax."""
+    from specdec.kernels import triton_kernels
+
+    v = 96
+    p = torch.full((2, 2, v), 1.0 / v)  # uniform p: the race is decided by the noise alone
+    noise = torch.full((2, 2, v), 2.0)
+    noise[:, :, [10, 50, 90]] = 0.5  # three equal winners in three slices of 32
+    q = torch.full((2, 1, v), 1.0 / v)
+    drafts = torch.tensor([[3], [3]])
+    uniforms = torch.tensor([[0.5], [0.99]])
+    for split in (1, 3):
+        got = triton_kernels.rejection_sample(
+            p, q, drafts, torch.tensor([1, 0]), uniforms, noise, split=split, block=32
+        )
+        want = reference.rejection_sample(p, q, drafts, torch.tensor([1, 0]), uniforms, noise)
+        assert_same(got, want)
+        assert got[1][1].tolist() == [10, -1]  # no draft: the bonus race winner at the lowest tied index
+
+
 def test_rejection_sample_all_accepted_and_none_accepted() -> None:
     p, q, drafts, _, uniforms, noise = sampling_case(4, 3, 50, seed=5, mode="same")
     full = torch.full((4,), 3)
@@ -166,7 +199,10 @@ def test_kernel_benchmark_smoke_run_writes_json(tmp_path) -> None:
     from specdec.bench.kernels import main
 
     out = tmp_path / "kernels.json"
-    assert main(["--smoke", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert {r["kernel"] for r in rows} == {"greedy_verify", "rejection_sample"}
+    assert main(["--smoke", "--backends", "torch,triton", "--out", str(out)]) == 0  # 1: the backends disagree
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert {r["kernel"] for r in rows} == {"greedy_verify", "rejection_sample", "rejection_sample_one_hot"}
+    assert {r["backend"] for r in rows} == {"torch", "triton"}
     assert all(r["median_ms"] > 0 and r["floor_bytes"] > 0 for r in rows)
+    assert result["mismatches"] == [] and result["sweep"], result["mismatches"]
