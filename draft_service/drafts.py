@@ -6,6 +6,7 @@ is deterministic (greedy model drafts, n-gram lookup): the verifier then treats 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -128,6 +129,35 @@ class NgramIndex:
         return n
 
 
+_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def draft_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """The CUDA stream model drafts run on (one per device, apart from the verifier's): in a process that also
+    runs the verifier (the embedded stack), draft and verify forwards can overlap. None off CUDA."""
+    if device.type != "cuda":
+        return None
+    key = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+    if key not in _STREAMS:
+        stream = torch.cuda.Stream(key)
+        stream.wait_stream(torch.cuda.current_stream(key))  # the weights are loaded
+        _STREAMS[key] = stream
+    return _STREAMS[key]
+
+
+@contextlib.contextmanager
+def _on_stream(stream: torch.cuda.Stream | None) -> Iterator[None]:
+    """Run the body on `stream` and wait for it, so what the body hands over is complete (CPU: nothing to do)."""
+    if stream is None:
+        yield
+        return
+    with torch.cuda.stream(stream):
+        try:
+            yield
+        finally:
+            stream.synchronize()
+
+
 class ModelDrafter:
     """A causal LM sharing the target's tokenizer, with its own KV cache rolled back to the committed
     prefix before each block. Samples with the target's sampling parameters and its own generator."""
@@ -141,19 +171,23 @@ class ModelDrafter:
         self.sends_probs = not sampling.greedy
         self.kv = CachedSequence(lm.model)
         self.generator = make_generator(sampling.seed, lm.device)  # reseeded for each position
+        self.stream = draft_stream(lm.device)
 
     def propose(self, committed: Sequence[int], max_tokens: int, min_confidence: float = 0.0) -> Iterator[Proposal]:
         inputs = self.kv.pending(committed)
         for _ in range(max_tokens):
-            logits = self.kv.extend(inputs).logits[-1]  # [V] next-token logits
-            if min_confidence > 0 and float(torch.softmax(logits.float(), -1).max()) < min_confidence:
-                return  # not confident enough to be worth verifying
-            if self.sampling.greedy:
-                token, q = int(logits.argmax()), None
-            else:
-                q = logits_to_probs(logits, self.sampling)  # [V]
-                position = len(self.kv.tokens)  # the position this token is drafted for
-                token = sample_from(q, reseed_for_position(self.generator, self.sampling.seed, position, "draft"))
+            with _on_stream(self.stream):  # the stream is waited for before the token is handed out
+                logits = self.kv.extend(inputs).logits[-1]  # [V] next-token logits
+                if min_confidence > 0 and float(torch.softmax(logits.float(), -1).max()) < min_confidence:
+                    return  # not confident enough to be worth verifying
+                if self.sampling.greedy:
+                    token, q = int(logits.argmax()), None
+                else:
+                    q = logits_to_probs(logits, self.sampling)  # [V]
+                    position = len(self.kv.tokens)  # the position this token is drafted for
+                    token = sample_from(q, reseed_for_position(self.generator, self.sampling.seed, position, "draft"))
+            if q is not None and q.is_cuda:  # read later on another thread's (default) stream: keep its memory
+                q.record_stream(torch.cuda.current_stream(q.device))
             yield token, q
             inputs = [token]
 

@@ -131,6 +131,38 @@ def _add_batching_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_graph_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cuda-graphs",
+        choices=("auto", "on", "off"),
+        default=_env("CUDA_GRAPHS", "auto"),
+        help="verifier: run verify passes as captured CUDA graphs over a static KV cache; auto: when the target is "
+        "a Llama-family model on CUDA (env SPECDEC_CUDA_GRAPHS)",
+    )
+    p.add_argument(
+        "--graph-slots",
+        type=int,
+        default=_env("GRAPH_SLOTS"),
+        help="verifier: sessions on the static KV cache at once (default 8); others use a dynamic one "
+        "(env SPECDEC_GRAPH_SLOTS)",
+    )
+    p.add_argument(
+        "--graph-max-len",
+        type=int,
+        default=_env("GRAPH_MAX_LEN"),
+        help="verifier: tokens per static KV-cache slot (default 2048); a longer session moves to a dynamic cache "
+        "(env SPECDEC_GRAPH_MAX_LEN)",
+    )
+
+
+def _graph_options(args: argparse.Namespace) -> Any:
+    from specdec.static_cache import DEFAULT_GRAPH_MAX_LEN, DEFAULT_GRAPH_SLOTS, GraphOptions  # loads transformers
+
+    slots = DEFAULT_GRAPH_SLOTS if args.graph_slots is None else int(args.graph_slots)
+    max_len = DEFAULT_GRAPH_MAX_LEN if args.graph_max_len is None else int(args.graph_max_len)
+    return GraphOptions(args.cuda_graphs, slots, max_len)
+
+
 def _service_limits(args: argparse.Namespace) -> ServiceLimits:
     window_ms = getattr(args, "batch_window_ms", DEFAULT_BATCH_WINDOW_S * 1e3)
     max_batch = getattr(args, "max_batch", DEFAULT_MAX_BATCH)
@@ -260,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics_flag(verifier, "")
     _add_session_limit_flags(verifier)
     _add_batching_flags(verifier)
+    _add_graph_flags(verifier)
     _add_security_flags(verifier, server=True, client=False)
     _add_profile_flag(verifier)
 
@@ -521,6 +554,7 @@ async def _serve(args: argparse.Namespace) -> None:
             args.metrics_port,
             security=security,
             limits=_service_limits(args),
+            graphs=_graph_options(args),
         )  # listening (NOT_SERVING) while the model loads and warms up; SERVING when this returns
     elif args.service == "draft":
         preload = [p.removeprefix("model:") for p in args.preload]

@@ -6,6 +6,8 @@ prefix of what is cached and what is committed, so rejected positions never surv
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,15 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+@functools.cache
+def cache_keyword(model_class: type[Any]) -> str:
+    """The name a model's forward takes its KV cache under: `cache` in recent transformers 5 releases,
+    `past_key_values` in earlier ones (a name the model does not know would be swallowed by **kwargs and the
+    cache silently ignored)."""
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 @dataclass
@@ -64,7 +75,7 @@ class CachedSequence:
         input_ids = torch.tensor([list(token_ids)], dtype=torch.long, device=device)  # [1, T]
         out = self.model(
             input_ids=input_ids,
-            cache=self.cache,
+            **{cache_keyword(type(self.model)): self.cache},  # type: ignore[arg-type]  # classes hash
             use_cache=True,
             output_hidden_states=want_hidden,
             logits_to_keep=max(1, keep_logits),

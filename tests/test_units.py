@@ -150,3 +150,17 @@ def test_common_prefix_length() -> None:
     assert common_prefix_length([1, 2, 3], [1, 2, 4, 5]) == 2
     assert common_prefix_length([1, 2], [1, 2, 3]) == 2
     assert common_prefix_length([], [1]) == 0
+
+
+def test_the_cache_keyword_follows_the_model_signature() -> None:
+    """transformers renamed `past_key_values` to `cache` within 5.x: a wrong name would be swallowed by **kwargs."""
+    from specdec.kvcache import cache_keyword
+
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None, **kwargs): ...
+
+    class New:
+        def forward(self, input_ids=None, cache=None, **kwargs): ...
+
+    assert cache_keyword(Old) == "past_key_values"
+    assert cache_keyword(New) == "cache"

@@ -7,15 +7,17 @@ K+1 next-token distributions for positions n .. n+K.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from specdec import kernels
-from specdec.batched import ExtendJob, extend_many
+from specdec.batched import ExtendJob, extend_many, supports_batching
 from specdec.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from specdec.kvcache import CachedSequence, ForwardOutput
 from specdec.limits import MAX_BLOCK_TOKENS
@@ -27,10 +29,12 @@ from specdec.sampling import (
     logits_to_probs,
     make_generator,
 )
+from specdec.static_cache import Capture, GraphOptions, GraphRunner, KVSequence, StaticSequence, cuda_capture
 
 if TYPE_CHECKING:
     from specdec.verifier_service.batcher import VerifyRequest
 
+log = logging.getLogger(__name__)
 ACCEPTED, REJECTED, SKIPPED = "accepted", "rejected", "skipped"
 
 
@@ -71,9 +75,13 @@ class PendingBlock:
 
 
 class VerifierSession:
-    """One sequence being generated: its committed tokens, KV cache and random generator."""
+    """One sequence being generated: its committed tokens, KV cache and random generator.
 
-    def __init__(self, lm: LoadedModel, options: SessionOptions) -> None:
+    `kv` is a `StaticSequence` (a slot of the core's CUDA-graph pool) when the core gave it one, else a
+    `CachedSequence`; a static session that would outgrow its slot moves to a `CachedSequence` for good
+    (`_make_room`)."""
+
+    def __init__(self, lm: LoadedModel, options: SessionOptions, kv: KVSequence | None = None) -> None:
         prompt = options.prompt_token_ids
         if not prompt:
             raise InvalidArgument("prompt_token_ids must contain at least one token")
@@ -85,7 +93,7 @@ class VerifierSession:
         self.policy = resolve_policy(options.policy, options.sampling)
         self.policy_params = resolve_policy_params(options.policy_params, self.policy, options.sampling)
         self.committed: list[int] = list(prompt)
-        self.kv = CachedSequence(lm.model)
+        self.kv: KVSequence = kv if kv is not None else CachedSequence(lm.model)
         self.generator = make_generator(options.sampling.seed, lm.device)  # reseeded for each position
         self.prefill_ms = 0.0
         self.closed = False  # set by VerifierCore.close_session: nothing may refill its cache
@@ -98,6 +106,7 @@ class VerifierSession:
     def prefill(self) -> float:
         """Cache the prompt except its last token; returns milliseconds."""
         start = time.perf_counter()
+        self._make_room(len(self.committed) - 1)
         pending = self.kv.pending(self.committed)
         if len(pending) > 1:
             want_hidden = self.options.return_hidden_states
@@ -121,10 +130,27 @@ class VerifierSession:
         if self.closed:
             raise FailedPrecondition("the session is closed")
         self._check_block(position, draft_tokens, draft_probs)
+        self._make_room(len(self.committed) + len(draft_tokens))  # the block's last input is at committed + K - 1
         pending = self.kv.pending(self.committed)  # uncached committed tail, >= 1 token
         want_hidden = self.options.return_hidden_states
-        job = ExtendJob(self.kv, pending + draft_tokens, keep_logits=len(draft_tokens) + 1, want_hidden=want_hidden)
+        # ExtendJob is typed for CachedSequence; a StaticSequence has the same interface, and the core never
+        # hands one to the ragged batched forward (see VerifierCore._extend_all)
+        job = ExtendJob(
+            cast(Any, self.kv), pending + draft_tokens, keep_logits=len(draft_tokens) + 1, want_hidden=want_hidden
+        )
         return PendingBlock(self, position, draft_tokens, draft_probs, len(pending), job)
+
+    def _make_room(self, length: int) -> None:
+        """Before a forward that makes the cache cover `length` tokens: a static slot too short for them is given
+        back and the session goes on with a `CachedSequence` (its next forward re-feeds the committed tokens)."""
+        if isinstance(self.kv, StaticSequence) and not self.kv.fits(length):
+            self.release_slot()
+
+    def release_slot(self) -> None:
+        """Give a static slot back to the pool; the session keeps a (fresh) dynamic cache."""
+        if isinstance(self.kv, StaticSequence):
+            self.kv.release()
+            self.kv = CachedSequence(self.lm.model)
 
     def finish_verify(
         self, block: PendingBlock, out: ForwardOutput, forward_ms: float, accepted: tuple[int, int] | None = None
@@ -240,11 +266,62 @@ def _check_token_ids(ids: list[int], vocab_size: int, field_name: str) -> None:
 
 
 class VerifierCore:
-    """The served target and its live sessions."""
+    """The served target and its live sessions.
 
-    def __init__(self, lm: LoadedModel) -> None:
+    `graphs` (`--cuda-graphs auto|on|off`, `--graph-slots`, `--graph-max-len`): with graphs on, up to `slots`
+    sessions verify on a static KV cache whose forward per block size is a captured CUDA graph
+    (`specdec.static_cache`); the others, and sessions that outgrow their slot, use a `CachedSequence` as
+    without graphs. `graph_capture` is a test hook: graphs through this capture function (e.g.
+    `static_cache.eager_capture` on CPU), whatever the device.
+
+    On CUDA every model forward runs on the core's own stream, so a draft model in the same process (the
+    embedded stack) can overlap with it; each public method synchronises that stream before returning, so what
+    it hands back (host values, CPU tensors) is complete."""
+
+    def __init__(
+        self, lm: LoadedModel, graphs: GraphOptions | None = None, graph_capture: Capture | None = None
+    ) -> None:
         self.lm = lm
         self.sessions: set[VerifierSession] = set()
+        self.stream = torch.cuda.Stream(lm.device) if lm.device.type == "cuda" else None
+        if self.stream is not None:
+            self.stream.wait_stream(torch.cuda.current_stream(lm.device))  # the weights are loaded
+        self.graphs = self._graph_runner(graphs or GraphOptions(), graph_capture)
+
+    def _graph_runner(self, options: GraphOptions, capture: Capture | None) -> GraphRunner | None:
+        if options.mode not in ("auto", "on", "off"):
+            raise InvalidArgument(f"cuda_graphs must be auto, on or off, got {options.mode!r}")
+        if options.mode == "off":
+            return None
+        supported = supports_batching(self.lm.model)
+        on_cuda = self.lm.device.type == "cuda" or capture is not None
+        if not (supported and on_cuda):
+            if options.mode == "on":
+                why = "a CUDA device" if supported else "a Llama-family model (llama, mistral, qwen2)"
+                raise FailedPrecondition(f"--cuda-graphs on needs {why}; the target is {self.lm.name} on "
+                                         f"{self.lm.device}")  # fmt: skip
+            return None
+        if options.slots < 1 or options.max_len < 2:
+            raise InvalidArgument(f"graph slots must be >= 1 and max len >= 2, got {options.slots}, {options.max_len}")
+        max_len = min(options.max_len, self.lm.max_context)
+        with self._on_stream():
+            if capture is None:
+                capture = cuda_capture(torch.cuda.graph_pool_handle())
+            runner = GraphRunner(self.lm.model, options.slots, max_len, capture)
+        log.info("CUDA graphs on: %d static KV-cache slots of %d positions", options.slots, max_len)
+        return runner
+
+    @contextlib.contextmanager
+    def _on_stream(self) -> Iterator[None]:
+        """Run the body on the core's CUDA stream and wait for it (CPU: nothing to do)."""
+        if self.stream is None:
+            yield
+            return
+        with torch.cuda.stream(self.stream):
+            try:
+                yield
+            finally:
+                self.stream.synchronize()
 
     @property
     def live_sessions(self) -> int:
@@ -256,30 +333,52 @@ class VerifierCore:
         return sum(session.kv.nbytes() for session in list(self.sessions))
 
     def open_session(self, options: SessionOptions) -> VerifierSession:
-        session = VerifierSession(self.lm, options)
-        session.prefill_ms = session.prefill()
-        self.sessions.add(session)
-        return session
+        with self._on_stream():
+            session = VerifierSession(self.lm, options)  # checks the options first: no slot taken if they fail
+            alive = self.graphs is not None and self.graphs.capture is not None  # a failed capture: no new slots
+            slot = self.graphs.acquire() if alive and self.graphs is not None else None  # None: all slots taken
+            if slot is not None:
+                session.kv = slot
+            try:
+                session.prefill_ms = session.prefill()
+            except BaseException:
+                session.release_slot()
+                raise
+            self.sessions.add(session)
+            return session
 
     def warm_up(self) -> None:
         """One prefill and one verify pass, so the first real request does not pay for lazy initialisation
-        (allocator growth, kernel selection, compilation on accelerators)."""
+        (allocator growth, kernel selection, compilation on accelerators); with graphs, on a static slot too
+        (this captures one graph, so a capture problem shows at startup)."""
         eos = self.lm.eos_token_ids[0] if self.lm.eos_token_ids else 0
-        session = VerifierSession(self.lm, SessionOptions(prompt_token_ids=[eos] * 4))
-        session.prefill()
-        session.verify(session.committed_length, [eos, eos], None)
-        session.kv.rollback(0)
+        with self._on_stream():
+            for static in (False, True) if self.graphs is not None else (False,):
+                session = VerifierSession(self.lm, SessionOptions(prompt_token_ids=[eos] * 4))
+                slot = self.graphs.acquire() if static and self.graphs is not None else None
+                if slot is not None:
+                    session.kv = slot
+                session.prefill()
+                session.verify(session.committed_length, [eos, eos], None)
+                session.kv.rollback(0)
+                session.release_slot()
 
     def close_session(self, session: VerifierSession) -> None:
-        session.closed = True
-        session.kv.rollback(0)
-        self.sessions.discard(session)
+        with self._on_stream():
+            session.closed = True
+            session.kv.rollback(0)
+            session.release_slot()
+            self.sessions.discard(session)
 
     def verify_batch(self, requests: Sequence[VerifyRequest]) -> list[VerifyOutcome | Exception]:
         """Verify the blocks of several sessions in one batched forward pass (`specdec.batched`).
 
         Returns one outcome per request, or the exception that request alone raised (a bad block fails only
         its own caller). Greedy exact-policy sessions are accepted by one batched `greedy_verify` call."""
+        with self._on_stream():
+            return self._verify_batch(requests)
+
+    def _verify_batch(self, requests: Sequence[VerifyRequest]) -> list[VerifyOutcome | Exception]:
         results: list[VerifyOutcome | Exception] = [FailedPrecondition("not verified")] * len(requests)
         blocks: list[tuple[int, PendingBlock]] = []
         for i, request in enumerate(requests):
@@ -290,7 +389,7 @@ class VerifierCore:
                 results[i] = exc
         start = time.perf_counter()
         try:
-            outs = extend_many(self.lm.model, [block.job for _, block in blocks])
+            outs = self._extend_all([block.job for _, block in blocks])
         except Exception as exc:
             if len(blocks) > 1:
                 return self._one_by_one(requests)  # so that only the block at fault fails
@@ -306,6 +405,18 @@ class VerifierCore:
             except Exception as exc:
                 results[i] = exc
         return results
+
+    def _extend_all(self, jobs: Sequence[ExtendJob]) -> list[ForwardOutput]:
+        """Every job's forward: sessions on a static slot one by one (each a graph replay, one launch), the
+        others as one ragged batch (`extend_many`). Batching static slots into one graph is not done yet."""
+        outs: list[ForwardOutput | None] = [None] * len(jobs)
+        dynamic = [i for i, job in enumerate(jobs) if not isinstance(job.seq, StaticSequence)]
+        for i, job in enumerate(jobs):
+            if isinstance(job.seq, StaticSequence):
+                outs[i] = job.seq.extend(job.token_ids, job.keep_logits, job.want_hidden)
+        for i, out in zip(dynamic, extend_many(self.lm.model, [jobs[i] for i in dynamic]), strict=True):
+            outs[i] = out
+        return [out for out in outs if out is not None]
 
     def _one_by_one(self, requests: Sequence[VerifyRequest]) -> list[VerifyOutcome | Exception]:
         """After a failed batch: caches rebuilt from the committed tokens, every request alone."""

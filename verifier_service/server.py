@@ -23,6 +23,7 @@ from specdec.limits import (
 )
 from specdec.metrics import ModelServiceMetrics
 from specdec.modeling import LoadedModel, load_model, weights_fingerprint
+from specdec.static_cache import GraphOptions
 from specdec.usage import UsageTracker
 from specdec.v1 import common_pb2, verifier_pb2, verifier_pb2_grpc
 from specdec.verifier_service.batcher import VerifyBatcher, VerifyRequest
@@ -233,12 +234,13 @@ async def serve(
     metrics_port: int | None = None,
     security: service.Security | None = None,
     limits: ServiceLimits | None = None,
+    graphs: GraphOptions | None = None,
 ) -> service.RunningServer:
     """Start a verifier for an already loaded target; `port=0` binds a free port (see `.port`); with
     `metrics_port`, Prometheus metrics too (see `.metrics_port`); `security`: token and TLS (default open);
-    `limits`: session cap and idle TTL."""
+    `limits`: session cap and idle TTL; `graphs`: CUDA graphs (default auto: on for a supported model on CUDA)."""
     limits = limits or ServiceLimits()
-    servicer = VerifierServicer(VerifierCore(lm), *_servicer_limits(limits))
+    servicer = VerifierServicer(VerifierCore(lm, graphs), *_servicer_limits(limits))
     return await _start(servicer, port, host, metrics_port, security, serving=True)
 
 
@@ -261,6 +263,7 @@ async def serve_loading(
     metrics_port: int | None = None,
     security: service.Security | None = None,
     limits: ServiceLimits | None = None,
+    graphs: GraphOptions | None = None,
 ) -> service.RunningServer:
     """Listen at once with health NOT_SERVING (so orchestrators and compose see a live but unready verifier),
     load the model with `load()`, warm it up with one prefill and one verify pass, then report SERVING."""
@@ -269,7 +272,7 @@ async def serve_loading(
     running = await _start(servicer, port, host, metrics_port, security, serving=False)
     try:
         lm = await asyncio.to_thread(load)
-        core = VerifierCore(lm)
+        core = VerifierCore(lm, graphs)  # FailedPrecondition here for --cuda-graphs on without CUDA
         await servicer.worker.run(core.warm_up)
     except BaseException:
         await running.stop(0)

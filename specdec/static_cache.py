@@ -1,0 +1,301 @@
+"""A pre-allocated (static) KV cache and a forward pass over it that a CUDA graph can capture.
+
+Why: a verify step feeds only K+1 tokens, so on a GPU its time is mostly kernel-launch overhead (hundreds of small
+kernels, each launched from Python). A CUDA graph replays the whole forward with one launch, but it needs every
+tensor at a fixed address and no host synchronisation: the HF `DynamicCache` grows by concatenation (new addresses
+every step), so it cannot be captured. Here each session owns one *slot* of a pool allocated once:
+
+    keys[layer], values[layer]: [S, Hkv, max_len, d]   (S slots, in the model's dtype and device)
+
+`static_forward` writes the new tokens' keys/values at their positions (`index_copy_`) and attends over all
+`max_len` positions of the slot with a mask computed from the positions by tensor ops, so the kernels, shapes and
+addresses are the same at every step for a given number of new tokens T. Entries beyond the committed length are
+stale but masked out (a query at position p sees keys 0..p only, and every key in (committed, p] was written by the
+same forward before attention reads it), so rollback only shortens the token list.
+
+`GraphRunner` owns the pool, hands out slots and captures one graph per (slot, T) lazily for T in `lengths`
+(default 2..9: K = 1..8 drafts plus the one uncached committed token). Other lengths (prefills) run
+`static_forward` eagerly. The capture function is injectable: `cuda_capture` on a GPU, `eager_capture` (the same
+static-buffer copy-in / replay / copy-out, without a graph) in tests on CPU.
+
+Overflow: `StaticSequence.extend` raises `SlotOverflow` (before touching anything) when the tokens would not fit
+in the slot; callers check `fits()` first and move the session to a normal `CachedSequence`, whose first forward
+re-feeds the whole committed sequence (one re-prefill). See `verifier_service/core.py`.
+
+Supported models: those of `specdec.batched.supports_batching` (the Llama family).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from specdec.batched import _rotary, supports_batching
+from specdec.kvcache import CachedSequence, ForwardOutput, common_prefix_length
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRAPH_LENGTHS = tuple(range(2, 10))  # T = K+1 for K = 1..8
+DEFAULT_GRAPH_SLOTS = 8  # sessions that can hold a static slot at once (--graph-slots)
+DEFAULT_GRAPH_MAX_LEN = 2048  # positions per slot (--graph-max-len); longer sessions move to a DynamicCache
+
+Outputs = tuple[torch.Tensor, torch.Tensor]  # (logits [T, V], hidden [T, H])
+# capture(fn) -> (replay, outputs): after replay(), `outputs` hold what fn() would return for the current
+# contents of the static input buffers that fn reads.
+Capture = Callable[[Callable[[], Outputs]], tuple[Callable[[], None], Outputs]]
+
+
+class SlotOverflow(Exception):
+    """A static sequence would grow past its slot's `max_len`: move the session to a `CachedSequence`."""
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """The verifier's `--cuda-graphs auto|on|off`, `--graph-slots` and `--graph-max-len`."""
+
+    mode: str = "auto"  # auto: on when the model is on CUDA and supported; on: required; off: never
+    slots: int = DEFAULT_GRAPH_SLOTS
+    max_len: int = DEFAULT_GRAPH_MAX_LEN
+
+
+def static_forward(
+    model: Any,
+    keys: Sequence[torch.Tensor],  # per layer [S, Hkv, max_len, d]
+    values: Sequence[torch.Tensor],  # per layer [S, Hkv, max_len, d]
+    slot: int,
+    ids: torch.Tensor,  # [T] token ids
+    positions: torch.Tensor,  # [T] their positions: consecutive, starting at the slot's committed length
+    keep: int | None = None,  # LM head over the last `keep` positions only (None: all T)
+) -> Outputs:
+    """(logits [keep or T, V], final hidden states [T, H]) for `ids`, writing their keys/values into `slot`.
+
+    Pure tensor code: no Python branch on tensor values and no host sync, so a CUDA graph can capture it."""
+    inner = model.model
+    max_len = keys[0].shape[2]
+    hidden = inner.embed_tokens(ids[None])  # [1, T, H]
+    cos, sin = inner.rotary_emb(hidden, position_ids=positions[None])  # [1, T, d] each
+    # query i sees key j iff j <= positions[i]: the committed prefix, and the new tokens up to itself
+    mask = torch.arange(max_len, device=ids.device)[None, :] <= positions[:, None]  # [T, max_len] bool
+    for layer_idx, layer in enumerate(inner.layers[: model.config.num_hidden_layers]):
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)  # [1, T, H]
+        t, d = x.shape[1], attn.head_dim
+        q = attn.q_proj(x).view(1, t, -1, d).transpose(1, 2)  # [1, Hq, T, d]
+        k = attn.k_proj(x).view(1, t, -1, d).transpose(1, 2)  # [1, Hkv, T, d]
+        v = attn.v_proj(x).view(1, t, -1, d).transpose(1, 2)  # [1, Hkv, T, d]
+        q, k = _rotary(attn)(q, k, cos, sin)
+        slot_keys = keys[layer_idx][slot]  # [Hkv, max_len, d] a view into the pool
+        slot_values = values[layer_idx][slot]  # [Hkv, max_len, d]
+        slot_keys.index_copy_(1, positions, k[0])
+        slot_values.index_copy_(1, positions, v[0])
+        out = F.scaled_dot_product_attention(
+            q, slot_keys[None], slot_values[None], attn_mask=mask, scale=attn.scaling, enable_gqa=True
+        )  # [1, Hq, T, d]
+        hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(1, t, -1))  # [1, T, H]
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))  # [1, T, H]
+    hidden = inner.norm(hidden)[0]  # [T, H] final hidden states (what output_hidden_states[-1] holds)
+    head_in = hidden if keep is None else hidden[hidden.shape[0] - keep :]  # [keep, H]
+    return model.lm_head(head_in), hidden  # [keep, V], [T, H]
+
+
+def eager_capture(fn: Callable[[], Outputs]) -> tuple[Callable[[], None], Outputs]:
+    """A stand-in for `cuda_capture` without a graph (tests, CPU): replay re-runs fn and copies its results into
+    the first call's output tensors, so the runner's buffer logic is exercised exactly as with a graph."""
+    outputs = fn()
+
+    def replay() -> None:
+        for static, new in zip(outputs, fn(), strict=True):
+            static.copy_(new)
+
+    return replay, outputs
+
+
+def cuda_capture(pool: Any) -> Capture:
+    """Capture into a CUDA graph, all graphs sharing the memory pool `pool` (`torch.cuda.graph_pool_handle()`).
+
+    Sharing is safe here because graphs replay one at a time on one stream and their outputs are cloned right
+    after each replay, before any other graph runs (a later graph may reuse an earlier one's intermediates)."""
+
+    def capture(fn: Callable[[], Outputs]) -> tuple[Callable[[], None], Outputs]:
+        # Warm-up on a side stream, as the PyTorch docs show (lazy init, cuBLAS handles, autotuning). The static
+        # inputs already hold the real step's ids/positions, so the warm-up writes the same keys/values the step
+        # itself writes: harmless.
+        current = torch.cuda.current_stream()
+        side = torch.cuda.Stream()
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            fn()
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: another thread's allocations (a draft model in the same process) do not break capture
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            outputs = fn()
+        return graph.replay, outputs
+
+    return capture
+
+
+@dataclass
+class _Graph:
+    ids: torch.Tensor  # [T] static input: token ids
+    positions: torch.Tensor  # [T] static input: their positions
+    replay: Callable[[], None]
+    logits: torch.Tensor  # [T, V] static output
+    hidden: torch.Tensor  # [T, H] static output
+
+
+class GraphRunner:
+    """The static KV pool of one model, its slots, and the captured graphs per (slot, T).
+
+    `capture` None: every forward runs `static_forward` eagerly (still a static cache, no graphs)."""
+
+    def __init__(
+        self,
+        model: Any,
+        slots: int = DEFAULT_GRAPH_SLOTS,
+        max_len: int = DEFAULT_GRAPH_MAX_LEN,
+        capture: Capture | None = None,
+        lengths: Sequence[int] = DEFAULT_GRAPH_LENGTHS,
+    ) -> None:
+        if not supports_batching(model):
+            raise ValueError("a static KV cache needs a Llama-family model (specdec.batched.supports_batching)")
+        if slots < 1 or max_len < 2:
+            raise ValueError(f"graph slots must be >= 1 and max_len >= 2, got {slots} and {max_len}")
+        self.model = model
+        self.max_len = max_len
+        self.capture = capture
+        self.capture_error = ""  # why capture was given up, if it was
+        self.lengths = frozenset(lengths)
+        config = model.config
+        attn = model.model.layers[0].self_attn
+        weight = model.lm_head.weight  # [V, H]
+        self.device, self.dtype = weight.device, weight.dtype
+        shape = (slots, int(config.num_key_value_heads), max_len, int(attn.head_dim))
+        with torch.inference_mode():  # the pool is only ever touched under inference mode
+            layers = range(int(config.num_hidden_layers))
+            self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in layers]  # [S, Hkv, L, d]
+            self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in layers]
+        self.bytes_per_token = 2 * len(self.keys) * shape[1] * shape[3] * self.keys[0].element_size()
+        self._free = list(range(slots - 1, -1, -1))  # popped from the end: slot 0 first
+        self._graphs: dict[tuple[int, int], _Graph] = {}
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    @property
+    def graph_count(self) -> int:
+        return len(self._graphs)
+
+    def acquire(self) -> StaticSequence | None:
+        """A sequence on a free slot, or None when all are taken."""
+        return StaticSequence(self, self._free.pop()) if self._free else None
+
+    def release(self, slot: int) -> None:
+        if slot in self._free:
+            raise ValueError(f"slot {slot} released twice")
+        self._free.append(slot)  # its graphs stay: the next owner replays them (stale entries are masked)
+
+    @torch.inference_mode()
+    def forward(
+        self, slot: int, token_ids: Sequence[int], start: int, keep_logits: int, want_hidden: bool, eager: bool = False
+    ) -> ForwardOutput:
+        """Run token_ids at positions start .. start+T-1 of `slot`. A graph when one exists or can be captured for
+        T (unless `eager`), else `static_forward`. Outputs are fresh tensors (never the graph's static ones)."""
+        t = len(token_ids)
+        if start + t > self.max_len:
+            raise SlotOverflow(f"positions up to {start + t - 1} do not fit a slot of {self.max_len}")
+        keep = min(max(1, keep_logits), t)
+        ids = torch.tensor(list(token_ids), dtype=torch.long, device=self.device)  # [T]
+        positions = torch.arange(start, start + t, dtype=torch.long, device=self.device)  # [T]
+        graph = None if eager else self._graph(slot, t, ids, positions)
+        if graph is None:
+            logits, hidden = static_forward(self.model, self.keys, self.values, slot, ids, positions, keep)
+            return ForwardOutput(logits=logits, hidden=hidden if want_hidden else None)
+        graph.ids.copy_(ids)
+        graph.positions.copy_(positions)
+        graph.replay()
+        return ForwardOutput(
+            logits=graph.logits[t - keep :].clone(),  # [keep, V]
+            hidden=graph.hidden.clone() if want_hidden else None,  # [T, H]
+        )
+
+    def _graph(self, slot: int, t: int, ids: torch.Tensor, positions: torch.Tensor) -> _Graph | None:
+        """The graph for (slot, T), captured now if need be; None when T is not graphed or capture is off."""
+        graph = self._graphs.get((slot, t))
+        if graph is not None or self.capture is None or t not in self.lengths:
+            return graph
+        static_ids, static_positions = ids.clone(), positions.clone()  # [T] each, fixed addresses from now on
+
+        def run() -> Outputs:
+            return static_forward(self.model, self.keys, self.values, slot, static_ids, static_positions)
+
+        try:
+            replay, (logits, hidden) = self.capture(run)
+        except Exception as exc:  # e.g. an op that cannot be captured: run eagerly from now on, never fail the step
+            log.warning("CUDA graph capture failed for T=%d; static forwards run eagerly from now on", t, exc_info=True)
+            self.capture, self.capture_error = None, f"{type(exc).__name__}: {exc}"
+            return None
+        graph = _Graph(static_ids, static_positions, replay, logits, hidden)
+        self._graphs[(slot, t)] = graph
+        return graph
+
+
+class StaticSequence:
+    """`CachedSequence`'s interface over one slot of a `GraphRunner` (see the module docstring)."""
+
+    def __init__(self, runner: GraphRunner, slot: int) -> None:
+        self.runner = runner
+        self.slot = slot
+        self.model = runner.model
+        self.tokens: list[int] = []
+        self.released = False
+
+    @property
+    def capacity(self) -> int:
+        return self.runner.max_len
+
+    def fits(self, length: int) -> bool:
+        """Whether a sequence of `length` tokens fits the slot."""
+        return length <= self.runner.max_len
+
+    def rollback(self, length: int) -> None:
+        """Drop cached positions >= length (their stale entries are masked out by position)."""
+        del self.tokens[length:]
+
+    def reset(self) -> None:
+        self.tokens.clear()
+
+    def pending(self, committed: Sequence[int]) -> list[int]:
+        """As `CachedSequence.pending`: roll back to what agrees with `committed`, keep its last token uncached."""
+        keep = min(common_prefix_length(self.tokens, committed), len(committed) - 1)
+        self.rollback(keep)
+        return list(committed[keep:])
+
+    def extend(self, token_ids: Sequence[int], keep_logits: int = 1, want_hidden: bool = False) -> ForwardOutput:
+        """As `CachedSequence.extend`; raises `SlotOverflow` (cache unchanged) when the tokens do not fit."""
+        if self.released:
+            raise RuntimeError("this static sequence's slot was released")
+        out = self.runner.forward(self.slot, token_ids, len(self.tokens), keep_logits, want_hidden)
+        self.tokens.extend(int(t) for t in token_ids)
+        return out
+
+    def nbytes(self) -> int:
+        """Bytes of the slot in use (the whole pool is allocated up front; this counts the committed positions,
+        comparable with `CachedSequence.nbytes`)."""
+        return len(self.tokens) * self.runner.bytes_per_token
+
+    def release(self) -> None:
+        """Give the slot back (idempotent); the sequence cannot run again."""
+        if not self.released:
+            self.released = True
+            self.tokens.clear()
+            self.runner.release(self.slot)
+
+
+KVSequence = CachedSequence | StaticSequence
