@@ -249,9 +249,10 @@ def _core_check(model: Any, device: torch.device, steps: int) -> dict[str, Any]:
     identity against HF `generate` (float32, so numeric noise stays far below the top-2 gaps) over blocks of
     K = 1..5 drafts taken from the reference with one spoiled every other step, and the median per-verify-step
     host time at K=4 (bf16, the served dtype)."""
+    from types import SimpleNamespace
+
     from specdec.modeling import LoadedModel
     from specdec.static_cache import GraphOptions
-    from specdec.verifier_service.batcher import VerifyRequest
     from specdec.verifier_service.core import SessionOptions, VerifierCore
 
     def loaded(m: Any) -> LoadedModel:
@@ -259,8 +260,10 @@ def _core_check(model: Any, device: torch.device, steps: int) -> dict[str, Any]:
         return LoadedModel("bench", "bench", m, None, device, dtype, int(m.config.vocab_size), "", [0], 8192)
 
     def verify(core: VerifierCore, session: Any, drafts: list[int]) -> Any:
-        request = VerifyRequest(session, session.committed_length, drafts, None, None)  # type: ignore[arg-type]
-        outcome = core.verify_batch([request])[0]
+        # duck-typed VerifyRequest: its module imports the gRPC service stack, absent on a bare GPU box
+        request = SimpleNamespace(session=session, position=session.committed_length, draft_tokens=drafts,
+                                  draft_probs=None)  # fmt: skip
+        outcome = core.verify_batch([request])[0]  # type: ignore[list-item]
         if isinstance(outcome, Exception):
             raise outcome
         return outcome

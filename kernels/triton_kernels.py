@@ -25,7 +25,7 @@ import triton.language as tl
 
 BLOCK = 2048  # vocabulary tile per loop iteration
 NUM_WARPS = 8
-INT32_MAX = 2**31 - 1
+INT32_MAX = tl.constexpr(2**31 - 1)  # a jit function reads only constexpr globals
 
 
 @triton.jit
