@@ -133,6 +133,7 @@ def _rejection_sample_kernel(
     HAS_Q: tl.constexpr,
     SPLIT: tl.constexpr,  # programs per batch row
     SPLIT_POW2: tl.constexpr,
+    K_POW2: tl.constexpr,  # next power of two >= max(K, 1)
     BLOCK: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -140,31 +141,42 @@ def _rejection_sample_kernel(
     n = tl.load(num_draft_ptr + b)
     # 1. accept d_i with probability min(1, p/q): while u_i * q_i(d_i) < p_i(d_i); with one-hot q, while d_i
     #    wins the exponential race on p_i (probability p_i(d_i); see the reference's docstring). Every program
-    #    of the row computes this (a few scalar loads with q); slice 0 writes it.
-    accepted = 0
-    done = 0
-    for i in range(0, K):
-        if done == 0:
-            if i < n:
-                d = tl.load(draft_ptr + b * stride_db + i)
-                q = 1.0
-                if HAS_Q:
-                    q = tl.load(q_ptr + b * stride_qb + i * stride_qk + d).to(tl.float32)
-                if q >= 1.0:  # one-hot row
+    #    of the row computes this; slice 0 writes the accepted tokens.
+    ks = tl.arange(0, K_POW2)  # draft positions
+    in_block = ks < n
+    d_vec = tl.load(draft_ptr + b * stride_db + ks, mask=in_block, other=0)  # [K_POW2]
+    if HAS_Q:
+        # every test at once (gathers of p_i(d_i), q_i(d_i), u_i): no chain of K dependent loads
+        q_vec = tl.load(q_ptr + b * stride_qb + ks * stride_qk + d_vec, mask=in_block, other=0.0).to(tl.float32)
+        p_vec = tl.load(p_ptr + b * stride_pb + ks * stride_pk + d_vec, mask=in_block, other=0.0).to(tl.float32)
+        u_vec = tl.load(uniforms_ptr + b * stride_ub + ks, mask=in_block, other=1.0).to(tl.float32)
+        one_hot_vec = q_vec >= 1.0
+        plain_reject = in_block & (q_vec < 1.0) & (u_vec * q_vec >= p_vec)
+        accepted = tl.min(tl.where(plain_reject, ks, n.to(tl.int32)), axis=0).to(tl.int32)  # first one, else n
+        # a one-hot entry (q_i(d_i) = 1) before it is tested by its race, in order (rare with sampled q)
+        if tl.sum(tl.where(one_hot_vec & (ks < accepted), 1, 0), axis=0) > 0:
+            stop = 0
+            for i in range(0, K):
+                is_one_hot = tl.sum(tl.where((ks == i) & one_hot_vec, 1, 0), axis=0) > 0
+                if (stop == 0) & (i < accepted) & is_one_hot:
+                    d = tl.load(draft_ptr + b * stride_db + i)
                     p_row_i = p_ptr + b * stride_pb + i * stride_pk
-                    ok = _race_winner(p_row_i, noise_ptr + b * stride_nb + i * stride_nk, V, BLOCK) == d
-                else:
-                    p = tl.load(p_ptr + b * stride_pb + i * stride_pk + d).to(tl.float32)
-                    u = tl.load(uniforms_ptr + b * stride_ub + i).to(tl.float32)
-                    ok = u * q < p
-                if ok:
-                    if s == 0:
-                        tl.store(out_ptr + b * stride_ob + i, d)
+                    if _race_winner(p_row_i, noise_ptr + b * stride_nb + i * stride_nk, V, BLOCK) != d:
+                        accepted = i
+                        stop = 1
+    else:
+        accepted = 0
+        done = 0
+        for i in range(0, K):
+            if (done == 0) & (i < n):
+                d = tl.load(draft_ptr + b * stride_db + i)
+                p_row_i = p_ptr + b * stride_pb + i * stride_pk
+                if _race_winner(p_row_i, noise_ptr + b * stride_nb + i * stride_nk, V, BLOCK) == d:
                     accepted += 1
                 else:
                     done = 1
-            else:
-                done = 1
+    if s == 0:
+        tl.store(out_ptr + b * stride_ob + ks, d_vec, mask=ks < accepted)
     # 2. the final token at position a: from norm(max(0, p - q)) after a rejection, else the bonus from p,
     #    drawn by the exponential race argmax(dist / noise); an empty residual falls back to p. This program
     #    reads its slice [lo, hi) of row a.
@@ -305,6 +317,7 @@ def rejection_sample(
         p.stride(0), p.stride(1), q.stride(0), q.stride(1), drafts.stride(0), u.stride(0),
         e.stride(0), e.stride(1), out.stride(0),
         HAS_Q=draft_probs is not None, SPLIT=split, SPLIT_POW2=triton.next_power_of_2(split),
+        K_POW2=triton.next_power_of_2(max(k1 - 1, 1)),
         BLOCK=tile, num_warps=num_warps or NUM_WARPS,
     )  # fmt: skip
     return num_accepted, out

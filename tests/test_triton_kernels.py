@@ -111,6 +111,23 @@ def test_rejection_sample_split_rows_match_the_reference(mode: str, split: int, 
         assert_same(got, reference.rejection_sample(p, q, drafts, num_draft, uniforms, noise))
 
 
+@pytest.mark.parametrize("split", [1, 3])
+def test_rejection_sample_with_some_one_hot_q_rows(split: int) -> None:
+    """Rows of q that are one-hot on their draft token (a deterministic draft inside a sampled block) are tested by
+    their race, in order, among the other positions' ratio tests."""
+    from specdec.kernels import triton_kernels
+
+    for seed in range(6):
+        p, q, drafts, _, uniforms, noise = sampling_case(4, 6, 97, seed, "far")
+        gen = torch.Generator().manual_seed(100 + seed)
+        one_hot = torch.rand(4, 6, generator=gen) < 0.5  # [B, K]
+        q = torch.where(one_hot[..., None], torch.nn.functional.one_hot(drafts, 97).float(), q)
+        p = (p + torch.nn.functional.one_hot(torch.cat([drafts, drafts[:, :1]], 1), 97) * 3.0).softmax(-1)
+        full = torch.full((4,), 6)
+        got = triton_kernels.rejection_sample(p, q, drafts, full, uniforms, noise, split=split, block=32)
+        assert_same(got, reference.rejection_sample(p, q, drafts, full, uniforms, noise))
+
+
 def test_rejection_sample_ties_across_slices_pick_the_lowest_index() -> None:
     """Equal race values in different slices: the lower slice's index wins, as torch.argmax."""
     from specdec.kernels import triton_kernels
