@@ -196,7 +196,7 @@ def tuning_sweep(device: torch.device, peak_gbps: float, smoke: bool) -> tuple[l
     x = make_inputs(b, k, v, device)
     want = kernels.rejection_sample(x["p"], x["q"], x["drafts"], x["num_draft"], x["uniforms"], x["noise"], "torch")
     want = (want[0].cpu(), want[1].cpu())
-    auto = triton_kernels.auto_split(b, v, triton_kernels.BLOCK, device)
+    auto = triton_kernels.auto_split(b, v, triton_kernels.REJECTION_BLOCK, device)
     splits = sorted({1, auto, 2 * auto})
     configs = [(1, 64, 1)] if smoke else [(s, blk, w) for s in splits for blk in (1024, 2048, 4096) for w in (4, 8)]
     rows, mismatches = [], []

@@ -23,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK = 2048  # vocabulary tile per loop iteration
+BLOCK = 2048  # vocabulary tile per loop iteration (greedy verification)
+REJECTION_BLOCK = 1024  # rejection sampling: the fastest tile in the H200 sweep (docs/results/gpu/kernels.log)
 NUM_WARPS = 8
 INT32_MAX = tl.constexpr(2**31 - 1)  # a jit function reads only constexpr globals
 
@@ -300,7 +301,7 @@ def rejection_sample(
     num = num_draft.long().contiguous()
     u = uniforms.contiguous()
     e = noise.contiguous()
-    tile = _block(v, block)
+    tile = _block(v, block or REJECTION_BLOCK)
     if draft_probs is None:
         split = 1  # one-hot acceptance reads whole rows in sequence: one program per row
     elif split is None:
