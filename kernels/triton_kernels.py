@@ -114,9 +114,9 @@ def _rejection_sample_kernel(
     uniforms_ptr,  # [B, K]
     noise_ptr,  # [B, K+1, V] Exp(1)
     num_accepted_ptr,  # [B] int64, out
-    out_ptr,  # [B, K+1] int64, out, pre-filled with -1
-    part_val_ptr,  # [B, SPLIT, 2] fp32 scratch: each slice's residual and p race maxima (SPLIT > 1)
-    part_idx_ptr,  # [B, SPLIT, 2] int32 scratch: their indices
+    out_ptr,  # [B, K+1] int64, out (written whole)
+    part_val_ptr,  # [B, SPLIT] fp32 scratch: each slice's race maximum (SPLIT > 1)
+    part_idx_ptr,  # [B, SPLIT] int32 scratch: its index
     part_mass_ptr,  # [B, SPLIT] fp32 scratch: each slice's residual mass
     arrivals_ptr,  # [B] int32, zeroed: how many of the row's programs have written their partial
     K,
@@ -134,7 +134,7 @@ def _rejection_sample_kernel(
     HAS_Q: tl.constexpr,
     SPLIT: tl.constexpr,  # programs per batch row
     SPLIT_POW2: tl.constexpr,
-    K_POW2: tl.constexpr,  # next power of two >= max(K, 1)
+    K_POW2: tl.constexpr,  # next power of two >= K + 1
     BLOCK: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -143,7 +143,7 @@ def _rejection_sample_kernel(
     # 1. accept d_i with probability min(1, p/q): while u_i * q_i(d_i) < p_i(d_i); with one-hot q, while d_i
     #    wins the exponential race on p_i (probability p_i(d_i); see the reference's docstring). Every program
     #    of the row computes this; slice 0 writes the accepted tokens.
-    ks = tl.arange(0, K_POW2)  # draft positions
+    ks = tl.arange(0, K_POW2)  # draft positions (and the final/bonus position K)
     in_block = ks < n
     d_vec = tl.load(draft_ptr + b * stride_db + ks, mask=in_block, other=0)  # [K_POW2]
     if HAS_Q:
@@ -176,8 +176,8 @@ def _rejection_sample_kernel(
                     accepted += 1
                 else:
                     done = 1
-    if s == 0:
-        tl.store(out_ptr + b * stride_ob + ks, d_vec, mask=ks < accepted)
+    if s == 0:  # the accepted tokens, and -1 after position a (the final token's program writes position a)
+        tl.store(out_ptr + b * stride_ob + ks, tl.where(ks < accepted, d_vec, -1), mask=(ks <= K) & (ks != accepted))
     # 2. the final token at position a: from norm(max(0, p - q)) after a rejection, else the bonus from p,
     #    drawn by the exponential race argmax(dist / noise); an empty residual falls back to p. This program
     #    reads its slice [lo, hi) of row a.
@@ -190,10 +190,8 @@ def _rejection_sample_kernel(
     lo = s * CHUNK
     hi = tl.minimum(lo + CHUNK, V)
     lanes = tl.arange(0, BLOCK)
-    acc_r = tl.full([BLOCK], -1.0, tl.float32)
-    acc_r_idx = lo + lanes
-    acc_p = tl.full([BLOCK], -1.0, tl.float32)
-    acc_p_idx = lo + lanes
+    acc = tl.full([BLOCK], -1.0, tl.float32)
+    acc_idx = lo + lanes
     mass = tl.zeros([BLOCK], tl.float32)
     for start in range(lo, hi, BLOCK):
         offs = start + lanes
@@ -206,23 +204,21 @@ def _rejection_sample_kernel(
             q = tl.load(q_row + offs, mask=q_valid, other=0.0).to(tl.float32)
         else:
             q = tl.where(offs == d_a, 1.0, 0.0)
-        r = tl.where(rejected, tl.maximum(p - q, 0.0), p)
+        r = tl.where(rejected, tl.maximum(p - q, 0.0), p)  # the residual (or p itself for a bonus token)
         mass += tl.where(valid, r, 0.0)
-        acc_r, acc_r_idx = _fold(tl.where(valid, tl.math.div_rn(r, e), -1.0), offs, acc_r, acc_r_idx)
-        acc_p, acc_p_idx = _fold(tl.where(valid, tl.math.div_rn(p, e), -1.0), offs, acc_p, acc_p_idx)
-    best_r, best_r_idx = _reduce(acc_r, acc_r_idx)
-    best_p, best_p_idx = _reduce(acc_p, acc_p_idx)
+        acc, acc_idx = _fold(tl.where(valid, tl.math.div_rn(r, e), -1.0), offs, acc, acc_idx)
+    best, best_idx = _reduce(acc, acc_idx)
     residual_mass = tl.sum(mass, axis=0)
     if SPLIT == 1:
-        final = tl.where(residual_mass > 0.0, best_r_idx, best_p_idx).to(tl.int64)
-        tl.store(out_ptr + b * stride_ob + a, final)
+        final = best_idx
+        if residual_mass <= 0.0:  # p == q: an empty residual (a rejection had probability 0); race on p
+            final = _race_winner(p_row, noise_row, V, BLOCK)
+        tl.store(out_ptr + b * stride_ob + a, final.to(tl.int64))
         tl.store(num_accepted_ptr + b, a)
     else:
         part = b * SPLIT + s
-        tl.store(part_val_ptr + 2 * part, best_r)
-        tl.store(part_val_ptr + 2 * part + 1, best_p)
-        tl.store(part_idx_ptr + 2 * part, best_r_idx)
-        tl.store(part_idx_ptr + 2 * part + 1, best_p_idx)
+        tl.store(part_val_ptr + part, best)
+        tl.store(part_idx_ptr + part, best_idx)
         tl.store(part_mass_ptr + part, residual_mass)
         tl.debug_barrier()  # every thread's stores precede the release below
         arrived = tl.atomic_add(arrivals_ptr + b, 1, sem="acq_rel", scope="gpu")
@@ -231,15 +227,13 @@ def _rejection_sample_kernel(
             slices = tl.arange(0, SPLIT_POW2)
             base = b * SPLIT + slices
             mine = slices < SPLIT
-            vals_r = tl.load(part_val_ptr + 2 * base, mask=mine, other=-2.0, volatile=True)
-            vals_p = tl.load(part_val_ptr + 2 * base + 1, mask=mine, other=-2.0, volatile=True)
-            idx_r = tl.load(part_idx_ptr + 2 * base, mask=mine, other=INT32_MAX, volatile=True)
-            idx_p = tl.load(part_idx_ptr + 2 * base + 1, mask=mine, other=INT32_MAX, volatile=True)
+            vals = tl.load(part_val_ptr + base, mask=mine, other=-2.0, volatile=True)
+            idx = tl.load(part_idx_ptr + base, mask=mine, other=INT32_MAX, volatile=True)
             total = tl.sum(tl.load(part_mass_ptr + base, mask=mine, other=0.0, volatile=True), axis=0)
-            _, win_r = _reduce(vals_r, idx_r)
-            _, win_p = _reduce(vals_p, idx_p)
-            final = tl.where(total > 0.0, win_r, win_p).to(tl.int64)
-            tl.store(out_ptr + b * stride_ob + a, final)
+            _, final = _reduce(vals, idx)
+            if total <= 0.0:  # empty residual: race on p over the whole row (rare: p == q)
+                final = _race_winner(p_row, noise_row, V, BLOCK)
+            tl.store(out_ptr + b * stride_ob + a, final.to(tl.int64))
             tl.store(num_accepted_ptr + b, a)
 
 
@@ -308,9 +302,10 @@ def rejection_sample(
         split = int(os.environ.get("SPECDEC_KERNEL_SPLIT", "0")) or auto_split(b, v, tile, device)
     chunk = triton.cdiv(triton.cdiv(v, split), tile) * tile  # [lo, lo + chunk) per program, whole tiles
     split = triton.cdiv(v, chunk)  # no empty slice
-    num_accepted, out = _outputs(b, k1 - 1, device)
-    part_val = torch.empty(b, split, 2, dtype=torch.float32, device=device)  # [B, SPLIT, 2]
-    part_idx = torch.empty(b, split, 2, dtype=torch.int32, device=device)  # [B, SPLIT, 2]
+    num_accepted = torch.empty(b, dtype=torch.long, device=device)  # [B] written by the kernel
+    out = torch.empty(b, k1, dtype=torch.long, device=device)  # [B, K+1] written by the kernel
+    part_val = torch.empty(b, split, dtype=torch.float32, device=device)  # [B, SPLIT]
+    part_idx = torch.empty(b, split, dtype=torch.int32, device=device)  # [B, SPLIT]
     part_mass = torch.empty(b, split, dtype=torch.float32, device=device)  # [B, SPLIT]
     arrivals = torch.zeros(b if split > 1 else 1, dtype=torch.int32, device=device)  # [B]
     _rejection_sample_kernel[(b, split)](
@@ -318,7 +313,7 @@ def rejection_sample(
         p.stride(0), p.stride(1), q.stride(0), q.stride(1), drafts.stride(0), u.stride(0),
         e.stride(0), e.stride(1), out.stride(0),
         HAS_Q=draft_probs is not None, SPLIT=split, SPLIT_POW2=triton.next_power_of_2(split),
-        K_POW2=triton.next_power_of_2(max(k1 - 1, 1)),
+        K_POW2=triton.next_power_of_2(k1),
         BLOCK=tile, num_warps=num_warps or NUM_WARPS,
     )  # fmt: skip
     return num_accepted, out

@@ -128,6 +128,22 @@ def test_rejection_sample_with_some_one_hot_q_rows(split: int) -> None:
         assert_same(got, reference.rejection_sample(p, q, drafts, full, uniforms, noise))
 
 
+@pytest.mark.parametrize("split", [1, 3])
+def test_an_empty_residual_falls_back_to_the_target_race(split: int) -> None:
+    """q == p with u = 1 rejects although the residual max(0, p - q) is empty: both backends race on p instead."""
+    from specdec.kernels import triton_kernels
+
+    p, _, drafts, _, _, noise = sampling_case(3, 2, 150, seed=4, mode="far")
+    q = p[:, :2].clone()
+    ones = torch.ones(3, 2)
+    full = torch.full((3,), 2)
+    got = triton_kernels.rejection_sample(p, q, drafts, full, ones, noise, split=split, block=32)
+    want = reference.rejection_sample(p, q, drafts, full, ones, noise)
+    assert_same(got, want)
+    assert want[0].tolist() == [0, 0, 0]
+    assert want[1][:, 0].tolist() == (p[:, 0] / noise[:, 0]).argmax(-1).tolist()
+
+
 def test_rejection_sample_ties_across_slices_pick_the_lowest_index() -> None:
     """Equal race values in different slices: the lower slice's index wins, as torch.argmax."""
     from specdec.kernels import triton_kernels
