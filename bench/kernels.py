@@ -198,7 +198,7 @@ def tuning_sweep(device: torch.device, peak_gbps: float, smoke: bool) -> tuple[l
     want = (want[0].cpu(), want[1].cpu())
     auto = triton_kernels.auto_split(b, v, triton_kernels.REJECTION_BLOCK, device)
     splits = sorted({1, auto, 2 * auto})
-    configs = [(1, 64, 1)] if smoke else [(s, blk, w) for s in splits for blk in (1024, 2048, 4096) for w in (4, 8)]
+    configs = [(1, 64, 1)] if smoke else [(s, blk, w) for s in splits for blk in (512, 1024, 2048) for w in (4, 8)]
     rows, mismatches = [], []
     for split, block, warps in configs:
         try:

@@ -26,6 +26,7 @@ import triton.language as tl
 BLOCK = 2048  # vocabulary tile per loop iteration (greedy verification)
 REJECTION_BLOCK = 1024  # rejection sampling: the fastest tile in the H200 sweep (docs/results/gpu/kernels.log)
 NUM_WARPS = 8
+REJECTION_WARPS = 4  # with more, smaller programs per row (the H200 sweep)
 INT32_MAX = tl.constexpr(2**31 - 1)  # a jit function reads only constexpr globals
 
 
@@ -248,12 +249,13 @@ def _block(v: int, block: int | None) -> int:
 
 
 def auto_split(b: int, v: int, block: int, device: torch.device) -> int:
-    """Programs per batch row for rejection sampling with q: about two per multiprocessor in all, at most one
-    per tile. The interpreter (CPU) uses 3 so tests exercise the split path."""
+    """Programs per batch row for rejection sampling with q: about four per multiprocessor in all (so loads from
+    several programs are in flight on each), at most one per tile. The interpreter (CPU) uses 3 so tests exercise
+    the split path."""
     if device.type != "cuda":
         return max(1, min(3, triton.cdiv(v, block)))
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(triton.cdiv(2 * sms, b), triton.cdiv(v, block)))
+    return max(1, min(triton.cdiv(4 * sms, b), triton.cdiv(v, block)))
 
 
 def greedy_verify(
@@ -314,6 +316,6 @@ def rejection_sample(
         e.stride(0), e.stride(1), out.stride(0),
         HAS_Q=draft_probs is not None, SPLIT=split, SPLIT_POW2=triton.next_power_of_2(split),
         K_POW2=triton.next_power_of_2(k1),
-        BLOCK=tile, num_warps=num_warps or NUM_WARPS,
+        BLOCK=tile, num_warps=num_warps or REJECTION_WARPS,
     )  # fmt: skip
     return num_accepted, out
