@@ -24,9 +24,8 @@ import triton
 import triton.language as tl
 
 BLOCK = 2048  # vocabulary tile per loop iteration (greedy verification)
-REJECTION_BLOCK = 1024  # rejection sampling: the fastest tile in the H200 sweep (docs/results/gpu/kernels.log)
+REJECTION_BLOCK = 1024  # rejection sampling: with 8 warps and auto_split, among the fastest in the H200 sweep
 NUM_WARPS = 8
-REJECTION_WARPS = 4  # with more, smaller programs per row (the H200 sweep)
 INT32_MAX = tl.constexpr(2**31 - 1)  # a jit function reads only constexpr globals
 
 
@@ -316,6 +315,6 @@ def rejection_sample(
         e.stride(0), e.stride(1), out.stride(0),
         HAS_Q=draft_probs is not None, SPLIT=split, SPLIT_POW2=triton.next_power_of_2(split),
         K_POW2=triton.next_power_of_2(k1),
-        BLOCK=tile, num_warps=num_warps or REJECTION_WARPS,
+        BLOCK=tile, num_warps=num_warps or NUM_WARPS,
     )  # fmt: skip
     return num_accepted, out
