@@ -133,6 +133,13 @@ def _add_batching_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_graph_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--static-kv",
+        choices=("auto", "on", "off"),
+        default=_env("STATIC_KV", "auto"),
+        help="verifier: keep sessions' KV caches in a pre-allocated pool of slots (no per-step cache growth; CUDA "
+        "graphs need it); auto: for Llama-family targets, on any device (env SPECDEC_STATIC_KV)",
+    )
+    p.add_argument(
         "--cuda-graphs",
         choices=("auto", "on", "off"),
         default=_env("CUDA_GRAPHS", "auto"),
@@ -160,7 +167,7 @@ def _graph_options(args: argparse.Namespace) -> Any:
 
     slots = DEFAULT_GRAPH_SLOTS if args.graph_slots is None else int(args.graph_slots)
     max_len = DEFAULT_GRAPH_MAX_LEN if args.graph_max_len is None else int(args.graph_max_len)
-    return GraphOptions(args.cuda_graphs, slots, max_len)
+    return GraphOptions(args.cuda_graphs, slots, max_len, args.static_kv)
 
 
 def _service_limits(args: argparse.Namespace) -> ServiceLimits:

@@ -56,11 +56,12 @@ class SlotOverflow(Exception):
 
 @dataclass(frozen=True)
 class GraphOptions:
-    """The verifier's `--cuda-graphs auto|on|off`, `--graph-slots` and `--graph-max-len`."""
+    """The verifier's `--cuda-graphs auto|on|off`, `--static-kv auto|on|off`, `--graph-slots`, `--graph-max-len`."""
 
-    mode: str = "auto"  # auto: on when the model is on CUDA and supported; on: required; off: never
+    mode: str = "auto"  # CUDA graphs. auto: on when the model is on CUDA and supported; on: required; off: never
     slots: int = DEFAULT_GRAPH_SLOTS
     max_len: int = DEFAULT_GRAPH_MAX_LEN
+    static: str = "auto"  # the static KV pool (graphs need it). auto: for supported models, on any device
 
 
 def static_forward(
@@ -71,16 +72,20 @@ def static_forward(
     ids: torch.Tensor,  # [T] token ids
     positions: torch.Tensor,  # [T] their positions: consecutive, starting at the slot's committed length
     keep: int | None = None,  # LM head over the last `keep` positions only (None: all T)
+    attend: int | None = None,  # eager only: attend over the first `attend` positions (None: all max_len)
 ) -> Outputs:
     """(logits [keep or T, V], final hidden states [T, H]) for `ids`, writing their keys/values into `slot`.
 
-    Pure tensor code: no Python branch on tensor values and no host sync, so a CUDA graph can capture it."""
+    Pure tensor code: no Python branch on tensor values and no host sync, so a CUDA graph can capture it. An eager
+    caller that knows the length passes `attend` (start + T) so attention reads only the live positions."""
     inner = model.model
-    max_len = keys[0].shape[2]
+    max_len = attend if attend is not None else keys[0].shape[2]
     hidden = inner.embed_tokens(ids[None])  # [1, T, H]
     cos, sin = inner.rotary_emb(hidden, position_ids=positions[None])  # [1, T, d] each
     # query i sees key j iff j <= positions[i]: the committed prefix, and the new tokens up to itself
-    mask = torch.arange(max_len, device=ids.device)[None, :] <= positions[:, None]  # [T, max_len] bool
+    mask: torch.Tensor | None = torch.arange(max_len, device=ids.device)[None, :] <= positions[:, None]  # [T, L]
+    if attend is not None and ids.shape[0] == 1:
+        mask = None  # one new token at the end of the live positions sees all of them
     for layer_idx, layer in enumerate(inner.layers[: model.config.num_hidden_layers]):
         attn = layer.self_attn
         x = layer.input_layernorm(hidden)  # [1, T, H]
@@ -93,8 +98,9 @@ def static_forward(
         slot_values = values[layer_idx][slot]  # [Hkv, max_len, d]
         slot_keys.index_copy_(1, positions, k[0])
         slot_values.index_copy_(1, positions, v[0])
+        live_keys, live_values = slot_keys[:, :max_len], slot_values[:, :max_len]  # [Hkv, max_len or attend, d]
         out = F.scaled_dot_product_attention(
-            q, slot_keys[None], slot_values[None], attn_mask=mask, scale=attn.scaling, enable_gqa=True
+            q, live_keys[None], live_values[None], attn_mask=mask, scale=attn.scaling, enable_gqa=True
         )  # [1, Hq, T, d]
         hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(1, t, -1))  # [1, T, H]
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))  # [1, T, H]
@@ -176,10 +182,14 @@ class GraphRunner:
         weight = model.lm_head.weight  # [V, H]
         self.device, self.dtype = weight.device, weight.dtype
         shape = (slots, int(config.num_key_value_heads), max_len, int(attn.head_dim))
+        # A graph attends over all max_len positions (masked), so stale entries must be finite: zeros. Eager
+        # forwards read only written positions, so without graphs the pool is left uninitialised: pages that no
+        # session reaches are never touched (on a CPU, ~46 KB per position for SmolLM2 in float32).
+        fill = torch.zeros if capture is not None else torch.empty
         with torch.inference_mode():  # the pool is only ever touched under inference mode
             layers = range(int(config.num_hidden_layers))
-            self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in layers]  # [S, Hkv, L, d]
-            self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in layers]
+            self.keys = [fill(shape, dtype=self.dtype, device=self.device) for _ in layers]  # [S, Hkv, L, d]
+            self.values = [fill(shape, dtype=self.dtype, device=self.device) for _ in layers]
         self.bytes_per_token = 2 * len(self.keys) * shape[1] * shape[3] * self.keys[0].element_size()
         self._free = list(range(slots - 1, -1, -1))  # popped from the end: slot 0 first
         self._graphs: dict[tuple[int, int], _Graph] = {}
@@ -215,7 +225,10 @@ class GraphRunner:
         positions = torch.arange(start, start + t, dtype=torch.long, device=self.device)  # [T]
         graph = None if eager else self._graph(slot, t, ids, positions)
         if graph is None:
-            logits, hidden = static_forward(self.model, self.keys, self.values, slot, ids, positions, keep)
+            # Without graphs, attend over the live positions only; with graphs, eager forwards (prefills) compute
+            # exactly what a replay would (all max_len positions, masked)
+            attend = start + t if self.capture is None else None
+            logits, hidden = static_forward(self.model, self.keys, self.values, slot, ids, positions, keep, attend)
             return ForwardOutput(logits=logits, hidden=hidden if want_hidden else None)
         graph.ids.copy_(ids)
         graph.positions.copy_(positions)
@@ -246,8 +259,32 @@ class GraphRunner:
         return graph
 
 
+class _SlotCache:
+    """What `specdec.batched`'s ragged forward needs of a session's cache (`DynamicCache.update`'s contract), over a
+    static slot: write the new keys/values after the sequence's cached tokens and return the live ones."""
+
+    def __init__(self, seq: StaticSequence) -> None:
+        self.seq = seq
+
+    def update(
+        self,
+        keys: torch.Tensor,  # [1, Hkv, T, d] the new tokens'
+        values: torch.Tensor,  # [1, Hkv, T, d]
+        layer_idx: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # [1, Hkv, L+T, d] each: cached and new
+        runner, slot = self.seq.runner, self.seq.slot
+        start, t = len(self.seq.tokens), keys.shape[2]  # the forward appends to `tokens` after every layer ran
+        if start + t > runner.max_len:
+            raise SlotOverflow(f"positions up to {start + t - 1} do not fit a slot of {runner.max_len}")
+        slot_keys, slot_values = runner.keys[layer_idx][slot], runner.values[layer_idx][slot]  # [Hkv, max_len, d]
+        slot_keys[:, start : start + t] = keys[0]
+        slot_values[:, start : start + t] = values[0]
+        return slot_keys[None, :, : start + t], slot_values[None, :, : start + t]
+
+
 class StaticSequence:
-    """`CachedSequence`'s interface over one slot of a `GraphRunner` (see the module docstring)."""
+    """`CachedSequence`'s interface over one slot of a `GraphRunner` (see the module docstring). `cache` lets the
+    ragged batched forward (`specdec.batched`) run it with other sessions."""
 
     def __init__(self, runner: GraphRunner, slot: int) -> None:
         self.runner = runner
@@ -255,6 +292,7 @@ class StaticSequence:
         self.model = runner.model
         self.tokens: list[int] = []
         self.released = False
+        self.cache = _SlotCache(self)
 
     @property
     def capacity(self) -> int:

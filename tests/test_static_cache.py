@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -94,7 +94,8 @@ def test_the_graph_path_equals_the_eager_path_and_behaves_like_a_cached_sequence
         block = pending[0] + random_ids(generator, 1 + step % 4)  # T = 2..5 after the prefill: graphed
         keep = len(block)  # the graph computes every row's logits; the eager path as many as asked
         outs = [s.extend(block, keep_logits=keep) for s in (a, b, reference)]
-        assert torch.equal(outs[0].logits, outs[1].logits), step  # same computation, through the static buffers
+        # the graph (all max_len positions, masked) and the eager path (the live positions only) agree
+        torch.testing.assert_close(outs[0].logits, outs[1].logits, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(outs[0].logits, outs[2].logits, rtol=1e-5, atol=1e-5)
         accepted = step % 3
         committed = committed + block[len(pending[0]) : len(pending[0]) + accepted] + [int(outs[2].logits[-1].argmax())]
@@ -241,8 +242,21 @@ def test_cuda_graphs_on_without_cuda_fails_at_startup(tiny_target: Path) -> None
         VerifierCore(lm, GraphOptions("on"))
     with pytest.raises(InvalidArgument):
         VerifierCore(lm, GraphOptions("sometimes"))
-    assert VerifierCore(lm, GraphOptions("auto")).graphs is None  # CPU: exactly as before
-    assert VerifierCore(lm).graphs is None and VerifierCore(lm).stream is None
+    with pytest.raises(InvalidArgument, match="static"):
+        VerifierCore(lm, GraphOptions("on", static="off"))
+    cpu = VerifierCore(lm, GraphOptions("auto"))  # CPU: a static KV pool, no graphs, no stream
+    assert cpu.graphs is not None and cpu.graphs.capture is None and cpu.stream is None
+    assert VerifierCore(lm, GraphOptions(static="off")).graphs is None
+
+
+def test_static_kv_on_needs_a_llama_family_target(tiny_target: Path) -> None:
+    import dataclasses
+
+    lm = load(str(tiny_target))
+    other = dataclasses.replace(lm, model=torch.nn.Linear(2, 2))  # not a supported model
+    with pytest.raises(FailedPrecondition, match="Llama-family"):
+        VerifierCore(other, GraphOptions(static="on"))
+    assert VerifierCore(other, GraphOptions()).graphs is None  # auto: the dynamic cache
 
 
 def test_the_cli_passes_graph_options() -> None:
@@ -250,6 +264,8 @@ def test_the_cli_passes_graph_options() -> None:
 
     args = build_parser().parse_args(["serve", "verifier", "--cuda-graphs", "off", "--graph-slots", "3"])
     assert _graph_options(args) == GraphOptions("off", 3, GraphOptions().max_len)
+    args = build_parser().parse_args(["serve", "verifier", "--static-kv", "off"])
+    assert _graph_options(args) == GraphOptions(static="off")
     assert _graph_options(build_parser().parse_args(["serve", "verifier"])) == GraphOptions()
 
 
@@ -267,7 +283,7 @@ def test_the_benchmark_smoke_run_writes_json(tmp_path: Path) -> None:
 
 
 @torch.inference_mode()
-def test_after_a_failed_capture_new_sessions_take_dynamic_caches(tiny_target: Path) -> None:
+def test_after_a_failed_capture_sessions_run_eagerly_on_static_slots(tiny_target: Path) -> None:
     def broken(fn: Any) -> Any:
         raise RuntimeError("capture is not supported here")
 
@@ -280,5 +296,35 @@ def test_after_a_failed_capture_new_sessions_take_dynamic_caches(tiny_target: Pa
         and "capture is not supported" in core.graphs.capture_error
     )
     session = core.open_session(SessionOptions(prompt_token_ids=[5, 6, 7]))
-    assert isinstance(session.kv, CachedSequence)
+    assert isinstance(session.kv, StaticSequence)  # eager static forwards from now on
     assert session.verify(3, [8, 9], None).committed_length == session.committed_length
+
+
+@torch.inference_mode()
+def test_static_slots_join_the_ragged_batched_forward(model: Any) -> None:
+    """`specdec.batched` runs static slots (through their `cache.update`) with dynamic caches in one ragged forward,
+    with the same outputs as each sequence's own forward."""
+    from specdec.batched import ExtendJob, extend_many
+
+    runner = GraphRunner(model, slots=2, max_len=40)
+    generator = torch.Generator().manual_seed(5)
+    prompts = [random_ids(generator, n) for n in (7, 11, 4)]
+    batched = [runner.acquire(), CachedSequence(model), runner.acquire()]
+    alone = [CachedSequence(model) for _ in prompts]
+    for seqs in (batched, alone):
+        for seq, prompt in zip(seqs, prompts, strict=True):
+            assert seq is not None
+            seq.extend(prompt)
+    for step in range(4):
+        blocks = [random_ids(generator, 1 + (step + i) % 3) for i in range(3)]
+        jobs = [ExtendJob(cast(Any, seq), block, len(block), True) for seq, block in zip(batched, blocks, strict=True)]
+        got = extend_many(model, jobs)
+        for seq, out, block in zip(alone, got, blocks, strict=True):
+            want = seq.extend(block, len(block), True)
+            torch.testing.assert_close(out.logits, want.logits, rtol=1e-5, atol=1e-5)
+            assert out.hidden is not None and want.hidden is not None
+            torch.testing.assert_close(out.hidden, want.hidden, rtol=1e-5, atol=1e-5)
+        for a, b in zip(batched, alone, strict=True):
+            assert a is not None and a.tokens == b.tokens
+            a.rollback(len(a.tokens) - step % 2)
+            b.rollback(len(b.tokens) - step % 2)

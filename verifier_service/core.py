@@ -289,26 +289,34 @@ class VerifierCore:
         self.graphs = self._graph_runner(graphs or GraphOptions(), graph_capture)
 
     def _graph_runner(self, options: GraphOptions, capture: Capture | None) -> GraphRunner | None:
-        if options.mode not in ("auto", "on", "off"):
-            raise InvalidArgument(f"cuda_graphs must be auto, on or off, got {options.mode!r}")
-        if options.mode == "off":
-            return None
+        """The static KV pool (`--static-kv`) and whether its forwards are captured (`--cuda-graphs`)."""
+        for name, value in (("cuda_graphs", options.mode), ("static_kv", options.static)):
+            if value not in ("auto", "on", "off"):
+                raise InvalidArgument(f"{name} must be auto, on or off, got {value!r}")
         supported = supports_batching(self.lm.model)
         on_cuda = self.lm.device.type == "cuda" or capture is not None
-        if not (supported and on_cuda):
-            if options.mode == "on":
+        if options.mode == "on":
+            if options.static == "off":
+                raise InvalidArgument("--cuda-graphs on needs the static KV cache (--static-kv auto or on)")
+            if not (supported and on_cuda):
                 why = "a CUDA device" if supported else "a Llama-family model (llama, mistral, qwen2)"
                 raise FailedPrecondition(f"--cuda-graphs on needs {why}; the target is {self.lm.name} on "
                                          f"{self.lm.device}")  # fmt: skip
+        if options.static == "on" and not supported:
+            raise FailedPrecondition(f"--static-kv on needs a Llama-family model (llama, mistral, qwen2); the "
+                                     f"target is {self.lm.name}")  # fmt: skip
+        if options.static == "off" or not supported:
             return None
         if options.slots < 1 or options.max_len < 2:
             raise InvalidArgument(f"graph slots must be >= 1 and max len >= 2, got {options.slots}, {options.max_len}")
         max_len = min(options.max_len, self.lm.max_context)
+        graphs = options.mode != "off" and on_cuda
         with self._on_stream():
-            if capture is None:
+            if graphs and capture is None:
                 capture = cuda_capture(torch.cuda.graph_pool_handle())
-            runner = GraphRunner(self.lm.model, options.slots, max_len, capture)
-        log.info("CUDA graphs on: %d static KV-cache slots of %d positions", options.slots, max_len)
+            runner = GraphRunner(self.lm.model, options.slots, max_len, capture if graphs else None)
+        log.info("static KV cache: %d slots of %d positions; CUDA graphs %s", options.slots, max_len,
+                 "on" if graphs else "off")  # fmt: skip
         return runner
 
     @contextlib.contextmanager
@@ -335,8 +343,7 @@ class VerifierCore:
     def open_session(self, options: SessionOptions) -> VerifierSession:
         with self._on_stream():
             session = VerifierSession(self.lm, options)  # checks the options first: no slot taken if they fail
-            alive = self.graphs is not None and self.graphs.capture is not None  # a failed capture: no new slots
-            slot = self.graphs.acquire() if alive and self.graphs is not None else None  # None: all slots taken
+            slot = self.graphs.acquire() if self.graphs is not None else None  # None: all slots taken
             if slot is not None:
                 session.kv = slot
             try:
@@ -407,14 +414,16 @@ class VerifierCore:
         return results
 
     def _extend_all(self, jobs: Sequence[ExtendJob]) -> list[ForwardOutput]:
-        """Every job's forward: sessions on a static slot one by one (each a graph replay, one launch), the
-        others as one ragged batch (`extend_many`). Batching static slots into one graph is not done yet."""
+        """Every job's forward. With CUDA graphs, sessions on a static slot run one by one (each a graph replay, one
+        launch; batching slots into one graph is not done yet) and the others as one ragged batch; without graphs,
+        static and dynamic sessions alike go into the ragged batch (`extend_many`)."""
+        graphed = self.graphs is not None and self.graphs.capture is not None
+        alone = [i for i, job in enumerate(jobs) if graphed and isinstance(job.seq, StaticSequence)]
+        batched = [i for i in range(len(jobs)) if i not in alone]
         outs: list[ForwardOutput | None] = [None] * len(jobs)
-        dynamic = [i for i, job in enumerate(jobs) if not isinstance(job.seq, StaticSequence)]
-        for i, job in enumerate(jobs):
-            if isinstance(job.seq, StaticSequence):
-                outs[i] = job.seq.extend(job.token_ids, job.keep_logits, job.want_hidden)
-        for i, out in zip(dynamic, extend_many(self.lm.model, [jobs[i] for i in dynamic]), strict=True):
+        for i in alone:
+            outs[i] = jobs[i].seq.extend(jobs[i].token_ids, jobs[i].keep_logits, jobs[i].want_hidden)
+        for i, out in zip(batched, extend_many(self.lm.model, [jobs[i] for i in batched]), strict=True):
             outs[i] = out
         return [out for out in outs if out is not None]
 
