@@ -66,14 +66,18 @@ class DelayProxy:
             client_writer.transport.abort()
             return
         self._writers |= {client_writer, upstream_writer}
-        await asyncio.gather(
-            self._pipe(client_reader, upstream_writer),
-            self._pipe(upstream_reader, client_writer),
-            return_exceptions=True,
-        )
-        for writer in (client_writer, upstream_writer):
-            self._writers.discard(writer)
-            writer.transport.abort()
+        try:
+            await asyncio.gather(
+                self._pipe(client_reader, upstream_writer),
+                self._pipe(upstream_reader, client_writer),
+                return_exceptions=True,
+            )
+        except asyncio.CancelledError:
+            pass  # the proxy is closing: end quietly (asyncio would log a cancelled connection task as an error)
+        finally:
+            for writer in (client_writer, upstream_writer):
+                self._writers.discard(writer)
+                writer.transport.abort()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Forward every chunk `delay_s` after it arrived (a link's latency: chunks in flight together arrive
