@@ -108,6 +108,12 @@ def _attention(
     k = attn.k_proj(x).view(1, n, -1, head_dim).transpose(1, 2)  # [1, Hkv, N, d]
     v = attn.v_proj(x).view(1, n, -1, head_dim).transpose(1, 2)  # [1, Hkv, N, d]
     q, k = _rotary(attn)(q, k, cos, sin)
+    pool = _shared_pool(jobs)
+    if pool is not None:  # every session on a slot of one static pool: one padded attention call for all
+        slots = [job.seq.slot for job in jobs]  # type: ignore[attr-defined]
+        offsets = [len(job.seq.tokens) for job in jobs]  # cached so far: tokens are appended after the forward
+        merged = pool.attend_ragged(attn, q, k, v, slots, offsets, [len(job.token_ids) for job in jobs], layer_idx)
+        return attn.o_proj(merged)  # type: ignore[no-any-return]
     outs = []
     for job, start, mask in zip(jobs, starts, masks, strict=True):
         end = start + len(job.token_ids)
@@ -120,6 +126,13 @@ def _attention(
         )  # [1, Hq, T, d]
     merged = torch.cat(outs, dim=2).transpose(1, 2).reshape(1, n, -1)  # [1, N, Hq * d]
     return attn.o_proj(merged)  # type: ignore[no-any-return]
+
+
+def _shared_pool(jobs: Sequence[ExtendJob]) -> Any:
+    """The static KV pool (`specdec.static_cache.GraphRunner`) holding every job's cache, if there is one."""
+    pools = {id(getattr(job.seq, "runner", None)) for job in jobs}
+    pool = getattr(jobs[0].seq, "runner", None)
+    return pool if len(pools) == 1 and hasattr(pool, "attend_ragged") else None
 
 
 def _causal_mask(length: int, offset: int, device: torch.device) -> torch.Tensor | None:

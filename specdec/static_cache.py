@@ -99,14 +99,29 @@ def static_forward(
         slot_keys.index_copy_(1, positions, k[0])
         slot_values.index_copy_(1, positions, v[0])
         live_keys, live_values = slot_keys[:, :max_len], slot_values[:, :max_len]  # [Hkv, max_len or attend, d]
-        out = F.scaled_dot_product_attention(
-            q, live_keys[None], live_values[None], attn_mask=mask, scale=attn.scaling, enable_gqa=True
-        )  # [1, Hq, T, d]
+        out = _attention(q, live_keys[None], live_values[None], mask, attn.scaling)  # [1, Hq, T, d]
         hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(1, t, -1))  # [1, T, H]
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))  # [1, T, H]
     hidden = inner.norm(hidden)[0]  # [T, H] final hidden states (what output_hidden_states[-1] holds)
     head_in = hidden if keep is None else hidden[hidden.shape[0] - keep :]  # [keep, H]
     return model.lm_head(head_in), hidden  # [keep, V], [T, H]
+
+
+def _attention(
+    q: torch.Tensor,  # [B, Hq, T, d]
+    k: torch.Tensor,  # [B, Hkv, L, d]
+    v: torch.Tensor,  # [B, Hkv, L, d]
+    mask: torch.Tensor | None,  # [B, 1, T, L] bool (or broadcastable: [T, L])
+    scale: float,
+) -> torch.Tensor:  # [B, Hq, T, d]
+    """Grouped-query attention. On a CPU, bfloat16/float16 inputs are attended in float32: torch's CPU kernel is
+    ~4x slower in bfloat16 than the casts plus the float32 kernel (measured: 1.67 vs 0.37 ms, 8 x 300 keys)."""
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        out = F.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), attn_mask=mask, scale=scale, enable_gqa=True
+        )
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 
 
 def eager_capture(fn: Callable[[], Outputs]) -> tuple[Callable[[], None], Outputs]:
@@ -191,6 +206,9 @@ class GraphRunner:
             self.keys = [fill(shape, dtype=self.dtype, device=self.device) for _ in layers]  # [S, Hkv, L, d]
             self.values = [fill(shape, dtype=self.dtype, device=self.device) for _ in layers]
         self.bytes_per_token = 2 * len(self.keys) * shape[1] * shape[3] * self.keys[0].element_size()
+        # positions of each slot known to hold finite values (written, or zeroed): a batched attention reads slots
+        # up to the longest session's length and masks the rest, and a masked position must not hold NaN (0 * NaN)
+        self._finite = [max_len if capture is not None else 0] * slots
         self._free = list(range(slots - 1, -1, -1))  # popped from the end: slot 0 first
         self._graphs: dict[tuple[int, int], _Graph] = {}
 
@@ -211,6 +229,65 @@ class GraphRunner:
             raise ValueError(f"slot {slot} released twice")
         self._free.append(slot)  # its graphs stay: the next owner replays them (stale entries are masked)
 
+    def attend_ragged(
+        self,
+        attn: Any,
+        q: torch.Tensor,  # [1, Hq, N, d] the new tokens of B sessions laid end to end (rotary applied)
+        k: torch.Tensor,  # [1, Hkv, N, d]
+        v: torch.Tensor,  # [1, Hkv, N, d]
+        slots: Sequence[int],  # [B] each session's slot
+        offsets: Sequence[int],  # [B] L_b positions already cached per session
+        lengths: Sequence[int],  # [B] T_b new tokens per session (sum N)
+        layer_idx: int,
+    ) -> torch.Tensor:  # [1, N, Hq * d]
+        """Attention for several sessions' new tokens in one call (the ragged batched forward, eager): their keys
+        and values are written into their slots, then queries padded to [B, Hq, Tmax, d] attend to the slots' first
+        Lmax positions under a per-session causal mask. Sessions on consecutive slots read the pool as a view;
+        otherwise their rows are gathered (a copy)."""
+        device = q.device
+        b = len(slots)
+        if max(offsets[i] + lengths[i] for i in range(b)) > self.max_len:
+            raise SlotOverflow(f"a session's positions do not fit a slot of {self.max_len}")
+        session_of = torch.repeat_interleave(torch.arange(b, device=device), torch.tensor(lengths, device=device))
+        step_of = torch.cat([torch.arange(t, device=device) for t in lengths])  # [N] t within its session
+        slot_of = torch.tensor(slots, device=device)[session_of]  # [N]
+        position_of = torch.tensor(offsets, device=device)[session_of] + step_of  # [N]
+        live = max(offset + t for offset, t in zip(offsets, lengths, strict=True))  # Lmax
+        if layer_idx == 0:
+            self._make_finite(slots, live)  # zeroes only positions no forward has written
+        keys, values = self.keys[layer_idx], self.values[layer_idx]  # [S, Hkv, max_len, d]
+        keys[slot_of, :, position_of] = k[0].transpose(0, 1)  # [N, Hkv, d] into each token's slot and position
+        values[slot_of, :, position_of] = v[0].transpose(0, 1)
+        first = min(slots)
+        if sorted(slots) == list(range(first, first + b)) and list(slots) == sorted(slots):
+            slot_keys, slot_values = keys[first : first + b, :, :live], values[first : first + b, :, :live]  # views
+        else:
+            index = torch.tensor(slots, device=device)
+            slot_keys, slot_values = keys[index, :, :live], values[index, :, :live]  # [B, Hkv, Lmax, d] copies
+        t_max = max(lengths)
+        queries = q.new_zeros(b, q.shape[1], t_max, q.shape[3])  # [B, Hq, Tmax, d] padded
+        queries[session_of, :, step_of] = q[0].transpose(0, 1)
+        # query t of session b sees key j iff j <= L_b + t; padded queries see key 0 (their output is dropped)
+        limit = torch.tensor(offsets, device=device)[:, None] + torch.arange(t_max, device=device)[None, :]  # [B, Tmax]
+        limit = torch.where(torch.arange(t_max, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None],
+                            limit, 0)  # fmt: skip
+        mask = torch.arange(live, device=device)[None, None, :] <= limit[:, :, None]  # [B, Tmax, Lmax]
+        out = _attention(queries, slot_keys, slot_values, mask[:, None], attn.scaling)  # [B, Hq, Tmax, d]
+        return out[session_of, :, step_of].reshape(1, q.shape[2], -1)  # [1, N, Hq * d]
+
+    def written(self, slot: int, end: int) -> None:
+        """A forward writes positions up to `end` of `slot` (every position before its start is already written)."""
+        self._finite[slot] = max(self._finite[slot], end)
+
+    def _make_finite(self, slots: Sequence[int], length: int) -> None:
+        """Zero the never-written positions below `length` of these slots, in every layer (once per position)."""
+        for slot in slots:
+            start = self._finite[slot]
+            if start < length:
+                for pool in (*self.keys, *self.values):
+                    pool[slot, :, start:length].zero_()
+                self._finite[slot] = length
+
     @torch.inference_mode()
     def forward(
         self, slot: int, token_ids: Sequence[int], start: int, keep_logits: int, want_hidden: bool, eager: bool = False
@@ -221,6 +298,7 @@ class GraphRunner:
         if start + t > self.max_len:
             raise SlotOverflow(f"positions up to {start + t - 1} do not fit a slot of {self.max_len}")
         keep = min(max(1, keep_logits), t)
+        self.written(slot, start + t)
         ids = torch.tensor(list(token_ids), dtype=torch.long, device=self.device)  # [T]
         positions = torch.arange(start, start + t, dtype=torch.long, device=self.device)  # [T]
         graph = None if eager else self._graph(slot, t, ids, positions)
@@ -279,6 +357,8 @@ class _SlotCache:
         slot_keys, slot_values = runner.keys[layer_idx][slot], runner.values[layer_idx][slot]  # [Hkv, max_len, d]
         slot_keys[:, start : start + t] = keys[0]
         slot_values[:, start : start + t] = values[0]
+        if layer_idx == 0:
+            runner.written(slot, start + t)
         return slot_keys[None, :, : start + t], slot_values[None, :, : start + t]
 
 

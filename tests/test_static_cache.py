@@ -328,3 +328,37 @@ def test_static_slots_join_the_ragged_batched_forward(model: Any) -> None:
             assert a is not None and a.tokens == b.tokens
             a.rollback(len(a.tokens) - step % 2)
             b.rollback(len(b.tokens) - step % 2)
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("order", [[0, 1, 2], [2, 0, 1]], ids=["slot-order", "shuffled"])
+def test_sessions_on_one_pool_attend_in_one_padded_call(model: Any, order: list[int]) -> None:
+    """All sessions on slots of one pool: one padded attention call per layer (the pool read as a view when the
+    slots are consecutive and in order, gathered otherwise), the same outputs as each sequence's own forward; slot
+    1 is left out at first so the slots are not consecutive, and never-written positions must not leak NaN."""
+    from specdec.batched import ExtendJob, extend_many
+
+    runner = GraphRunner(model, slots=4, max_len=40)
+    for pool in (*runner.keys, *runner.values):
+        pool.fill_(float("nan"))  # what uninitialised memory may hold
+    generator = torch.Generator().manual_seed(9)
+    seqs = [runner.acquire() for _ in range(4)]
+    prompts = [random_ids(generator, n) for n in (7, 11, 4, 9)]
+    alone = [CachedSequence(model) for _ in prompts]
+    for seq, ref, prompt in zip(seqs, alone, prompts, strict=True):
+        assert seq is not None
+        seq.extend(prompt)
+        ref.extend(prompt)
+    for step in range(4):
+        chosen = [0, 2, 3] if step < 2 else [*order, 3]
+        blocks = {i: random_ids(generator, 1 + (step + i) % 3) for i in chosen}
+        jobs = [ExtendJob(cast(Any, seqs[i]), blocks[i], len(blocks[i]), True) for i in chosen]
+        for i, out in zip(chosen, extend_many(model, jobs), strict=True):
+            want = alone[i].extend(blocks[i], len(blocks[i]), True)
+            torch.testing.assert_close(out.logits, want.logits, rtol=1e-5, atol=1e-5)
+            assert out.hidden is not None and want.hidden is not None
+            torch.testing.assert_close(out.hidden, want.hidden, rtol=1e-5, atol=1e-5)
+            seq = seqs[i]
+            assert seq is not None and seq.tokens == alone[i].tokens
+            seq.rollback(len(seq.tokens) - step % 2)
+            alone[i].rollback(len(alone[i].tokens) - step % 2)
