@@ -99,7 +99,9 @@ def static_forward(
         slot_keys.index_copy_(1, positions, k[0])
         slot_values.index_copy_(1, positions, v[0])
         live_keys, live_values = slot_keys[:, :max_len], slot_values[:, :max_len]  # [Hkv, max_len or attend, d]
-        out = _attention(q, live_keys[None], live_values[None], mask, attn.scaling)  # [1, Hq, T, d]
+        out = F.scaled_dot_product_attention(
+            q, live_keys[None], live_values[None], attn_mask=mask, scale=attn.scaling, enable_gqa=True
+        )  # [1, Hq, T, d] (as HF's forward computes it, in the model's dtype: a lone session stays close to HF)
         hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(1, t, -1))  # [1, T, H]
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))  # [1, T, H]
     hidden = inner.norm(hidden)[0]  # [T, H] final hidden states (what output_hidden_states[-1] holds)
@@ -111,11 +113,13 @@ def _attention(
     q: torch.Tensor,  # [B, Hq, T, d]
     k: torch.Tensor,  # [B, Hkv, L, d]
     v: torch.Tensor,  # [B, Hkv, L, d]
-    mask: torch.Tensor | None,  # [B, 1, T, L] bool (or broadcastable: [T, L])
+    mask: torch.Tensor | None,  # [B, 1, T, L] bool
     scale: float,
 ) -> torch.Tensor:  # [B, Hq, T, d]
-    """Grouped-query attention. On a CPU, bfloat16/float16 inputs are attended in float32: torch's CPU kernel is
-    ~4x slower in bfloat16 than the casts plus the float32 kernel (measured: 1.67 vs 0.37 ms, 8 x 300 keys)."""
+    """Grouped-query attention of the padded batched path. On a CPU, bfloat16/float16 inputs are attended in float32:
+    torch's CPU kernel is ~4x slower in bfloat16 than the casts plus the float32 kernel (measured: 1.67 vs 0.37 ms,
+    8 x 300 keys). That rounds differently from HF's bfloat16 attention, as any change of batch shape may: batched
+    sessions keep greedy identity up to numeric near-ties (a lone session uses the model's dtype)."""
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         out = F.scaled_dot_product_attention(
             q.float(), k.float(), v.float(), attn_mask=mask, scale=scale, enable_gqa=True
@@ -298,7 +302,6 @@ class GraphRunner:
         if start + t > self.max_len:
             raise SlotOverflow(f"positions up to {start + t - 1} do not fit a slot of {self.max_len}")
         keep = min(max(1, keep_logits), t)
-        self.written(slot, start + t)
         ids = torch.tensor(list(token_ids), dtype=torch.long, device=self.device)  # [T]
         positions = torch.arange(start, start + t, dtype=torch.long, device=self.device)  # [T]
         graph = None if eager else self._graph(slot, t, ids, positions)
@@ -307,10 +310,12 @@ class GraphRunner:
             # exactly what a replay would (all max_len positions, masked)
             attend = start + t if self.capture is None else None
             logits, hidden = static_forward(self.model, self.keys, self.values, slot, ids, positions, keep, attend)
+            self.written(slot, start + t)  # only now: every layer holds them (a failed forward leaves them unmarked)
             return ForwardOutput(logits=logits, hidden=hidden if want_hidden else None)
         graph.ids.copy_(ids)
         graph.positions.copy_(positions)
         graph.replay()
+        self.written(slot, start + t)
         return ForwardOutput(
             logits=graph.logits[t - keep :].clone(),  # [keep, V]
             hidden=graph.hidden.clone() if want_hidden else None,  # [T, H]
@@ -357,7 +362,7 @@ class _SlotCache:
         slot_keys, slot_values = runner.keys[layer_idx][slot], runner.values[layer_idx][slot]  # [Hkv, max_len, d]
         slot_keys[:, start : start + t] = keys[0]
         slot_values[:, start : start + t] = values[0]
-        if layer_idx == 0:
+        if layer_idx == len(runner.keys) - 1:  # the last layer: every layer now holds them
             runner.written(slot, start + t)
         return slot_keys[None, :, : start + t], slot_values[None, :, : start + t]
 

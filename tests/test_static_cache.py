@@ -362,3 +362,26 @@ def test_sessions_on_one_pool_attend_in_one_padded_call(model: Any, order: list[
             assert seq is not None and seq.tokens == alone[i].tokens
             seq.rollback(len(seq.tokens) - step % 2)
             alone[i].rollback(len(alone[i].tokens) - step % 2)
+
+
+@torch.inference_mode()
+def test_a_forward_that_fails_midway_leaves_no_position_marked_written(model: Any) -> None:
+    """A batch that fails after some layers wrote a session's new positions (here: another slot overflows) must not
+    mark them written: a later padded attention zeroes them instead of reading uninitialised memory."""
+    from specdec.batched import ExtendJob, extend_many
+
+    runner = GraphRunner(model, slots=2, max_len=20)
+    for pool in (*runner.keys, *runner.values):
+        pool.fill_(float("nan"))  # what uninitialised memory may hold
+    a, b = runner.acquire(), runner.acquire()
+    assert a is not None and b is not None
+    reference = CachedSequence(model)
+    a.extend(list(range(5)))
+    reference.extend(list(range(5)))
+    mixed = [ExtendJob(cast(Any, a), list(range(10, 16))), ExtendJob(CachedSequence(model), [1, 2]),
+             ExtendJob(cast(Any, b), list(range(25)))]  # fmt: skip
+    with pytest.raises(SlotOverflow):
+        extend_many(model, mixed)
+    assert a.tokens == list(range(5))
+    outs = extend_many(model, [ExtendJob(cast(Any, a), [7]), ExtendJob(cast(Any, b), list(range(12)))])
+    torch.testing.assert_close(outs[0].logits, reference.extend([7]).logits, rtol=1e-5, atol=1e-5)

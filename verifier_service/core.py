@@ -365,10 +365,12 @@ class VerifierCore:
                 slot = self.graphs.acquire() if static and self.graphs is not None else None
                 if slot is not None:
                     session.kv = slot
-                session.prefill()
-                session.verify(session.committed_length, [eos, eos], None)
-                session.kv.rollback(0)
-                session.release_slot()
+                try:
+                    session.prefill()
+                    session.verify(session.committed_length, [eos, eos], None)
+                finally:
+                    session.kv.rollback(0)
+                    session.release_slot()
 
     def close_session(self, session: VerifierSession) -> None:
         with self._on_stream():
