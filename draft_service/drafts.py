@@ -6,14 +6,13 @@ is deterministic (greedy model drafts, n-gram lookup): the verifier then treats 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from specdec.kvcache import CachedSequence
-from specdec.modeling import LoadedModel
+from specdec.modeling import LoadedModel, on_stream, side_stream
 from specdec.sampling import SamplingConfig, logits_to_probs, make_generator, reseed_for_position, sample_from
 
 Proposal = tuple[int, torch.Tensor | None]
@@ -129,33 +128,16 @@ class NgramIndex:
         return n
 
 
-_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+_STREAMS: dict[torch.device, torch.cuda.Stream | None] = {}
 
 
 def draft_stream(device: torch.device) -> torch.cuda.Stream | None:
-    """The CUDA stream model drafts run on (one per device, apart from the verifier's): in a process that also
-    runs the verifier (the embedded stack), draft and verify forwards can overlap. None off CUDA."""
-    if device.type != "cuda":
-        return None
-    key = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
-    if key not in _STREAMS:
-        stream = torch.cuda.Stream(key)
-        stream.wait_stream(torch.cuda.current_stream(key))  # the weights are loaded
-        _STREAMS[key] = stream
-    return _STREAMS[key]
-
-
-@contextlib.contextmanager
-def _on_stream(stream: torch.cuda.Stream | None) -> Iterator[None]:
-    """Run the body on `stream` and wait for it, so what the body hands over is complete (CPU: nothing to do)."""
-    if stream is None:
-        yield
-        return
-    with torch.cuda.stream(stream):
-        try:
-            yield
-        finally:
-            stream.synchronize()
+    """The stream model drafts run on: one per device, apart from the verifier's (None off CUDA)."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device not in _STREAMS:
+        _STREAMS[device] = side_stream(device)
+    return _STREAMS[device]
 
 
 class ModelDrafter:
@@ -176,7 +158,7 @@ class ModelDrafter:
     def propose(self, committed: Sequence[int], max_tokens: int, min_confidence: float = 0.0) -> Iterator[Proposal]:
         inputs = self.kv.pending(committed)
         for _ in range(max_tokens):
-            with _on_stream(self.stream):  # the stream is waited for before the token is handed out
+            with on_stream(self.stream):  # the stream is waited for before the token is handed out
                 logits = self.kv.extend(inputs).logits[-1]  # [V] next-token logits
                 if min_confidence > 0 and float(torch.softmax(logits.float(), -1).max()) < min_confidence:
                     return  # not confident enough to be worth verifying

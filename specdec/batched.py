@@ -16,8 +16,9 @@ the last bits; greedy identity therefore holds up to near-ties, as for any batch
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,13 +72,20 @@ def _ragged_forward(model: Any, jobs: Sequence[ExtendJob]) -> list[ForwardOutput
     positions = torch.tensor(
         [[offset + j for offset, length in zip(offsets, lengths, strict=True) for j in range(length)]], device=device
     )  # [1, N] each token's position in its own sequence
-    masks = [_causal_mask(length, offset, device) for length, offset in zip(lengths, offsets, strict=True)]
+    pool = _shared_pool(jobs)
+    attend: Attend
+    if pool is not None:  # every session on a slot of one static pool: one padded attention call for all
+        slots = [job.seq.slot for job in jobs]  # type: ignore[attr-defined]  # StaticSequences, as _shared_pool saw
+        plan = pool.plan_ragged(slots, offsets, lengths)
+        attend = functools.partial(pool.attend_ragged, plan=plan)
+    else:
+        masks = [_causal_mask(length, offset, device) for length, offset in zip(lengths, offsets, strict=True)]
+        attend = functools.partial(_attend_each, jobs=jobs, starts=starts, masks=masks)
 
     hidden = inner.embed_tokens(ids)  # [1, N, H]
     cos, sin = inner.rotary_emb(hidden, position_ids=positions)  # [1, N, head_dim] each
     for layer_idx, layer in enumerate(inner.layers[: model.config.num_hidden_layers]):
-        attended = _attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin, jobs, starts, masks, layer_idx)
-        hidden = hidden + attended
+        hidden = hidden + _attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin, attend, layer_idx)
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     hidden = inner.norm(hidden)  # [1, N, H] final hidden states (what output_hidden_states[-1] holds)
 
@@ -92,28 +100,38 @@ def _ragged_forward(model: Any, jobs: Sequence[ExtendJob]) -> list[ForwardOutput
     return outputs
 
 
+# attend(attn, q [1, Hq, N, d], k [1, Hkv, N, d], v [1, Hkv, N, d], layer_idx) -> merged [1, N, Hq * d]
+Attend = Callable[..., torch.Tensor]
+
+
 def _attention(
     attn: Any,
     x: torch.Tensor,  # [1, N, H] normalised hidden states of every session's new tokens
     cos: torch.Tensor,  # [1, N, head_dim]
     sin: torch.Tensor,
-    jobs: Sequence[ExtendJob],
-    starts: Sequence[int],
-    masks: Sequence[torch.Tensor | None],
+    attend: Attend,
     layer_idx: int,
-) -> torch.Tensor:
+) -> torch.Tensor:  # [1, N, H]
     n = x.shape[1]
     head_dim = attn.head_dim
     q = attn.q_proj(x).view(1, n, -1, head_dim).transpose(1, 2)  # [1, Hq, N, d]
     k = attn.k_proj(x).view(1, n, -1, head_dim).transpose(1, 2)  # [1, Hkv, N, d]
     v = attn.v_proj(x).view(1, n, -1, head_dim).transpose(1, 2)  # [1, Hkv, N, d]
     q, k = _rotary(attn)(q, k, cos, sin)
-    pool = _shared_pool(jobs)
-    if pool is not None:  # every session on a slot of one static pool: one padded attention call for all
-        slots = [job.seq.slot for job in jobs]  # type: ignore[attr-defined]
-        offsets = [len(job.seq.tokens) for job in jobs]  # cached so far: tokens are appended after the forward
-        merged = pool.attend_ragged(attn, q, k, v, slots, offsets, [len(job.token_ids) for job in jobs], layer_idx)
-        return attn.o_proj(merged)  # type: ignore[no-any-return]
+    return attn.o_proj(attend(attn, q, k, v, layer_idx=layer_idx))  # type: ignore[no-any-return]
+
+
+def _attend_each(
+    attn: Any,
+    q: torch.Tensor,  # [1, Hq, N, d]
+    k: torch.Tensor,  # [1, Hkv, N, d]
+    v: torch.Tensor,  # [1, Hkv, N, d]
+    layer_idx: int,
+    jobs: Sequence[ExtendJob],
+    starts: Sequence[int],
+    masks: Sequence[torch.Tensor | None],
+) -> torch.Tensor:  # [1, N, Hq * d]
+    """Attention session by session, each against its own cache (`DynamicCache.update`'s contract)."""
     outs = []
     for job, start, mask in zip(jobs, starts, masks, strict=True):
         end = start + len(job.token_ids)
@@ -124,15 +142,14 @@ def _attention(
                 q[:, :, start:end], keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=True
             )
         )  # [1, Hq, T, d]
-    merged = torch.cat(outs, dim=2).transpose(1, 2).reshape(1, n, -1)  # [1, N, Hq * d]
-    return attn.o_proj(merged)  # type: ignore[no-any-return]
+    return torch.cat(outs, dim=2).transpose(1, 2).reshape(1, q.shape[2], -1)
 
 
 def _shared_pool(jobs: Sequence[ExtendJob]) -> Any:
     """The static KV pool (`specdec.static_cache.GraphRunner`) holding every job's cache, if there is one."""
     pools = {id(getattr(job.seq, "runner", None)) for job in jobs}
     pool = getattr(jobs[0].seq, "runner", None)
-    return pool if len(pools) == 1 and hasattr(pool, "attend_ragged") else None
+    return pool if len(pools) == 1 and hasattr(pool, "plan_ragged") else None
 
 
 def _causal_mask(length: int, offset: int, device: torch.device) -> torch.Tensor | None:

@@ -7,6 +7,7 @@ the cache folder (`SPECDEC_CACHE_DIR`, default `~/.cache/specdec`) and reloaded 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -15,6 +16,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,29 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in table:
         raise InvalidArgument(f"dtype must be auto, float32, bfloat16 or float16, got {name!r}")
     return table[name]
+
+
+def side_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """A CUDA stream of its own for a service's model work (None off CUDA), so that a draft and a verifier in one
+    process (the embedded stack) can overlap; it starts after the work already queued (the weights' loading)."""
+    if device.type != "cuda":
+        return None
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    return stream
+
+
+@contextlib.contextmanager
+def on_stream(stream: torch.cuda.Stream | None) -> Iterator[None]:
+    """Run the body on `stream` and wait for it, so that what the body hands over is complete (None: just run)."""
+    if stream is None:
+        yield
+        return
+    with torch.cuda.stream(stream):
+        try:
+            yield
+        finally:
+            stream.synchronize()
 
 
 def default_model_dir() -> Path:

@@ -174,6 +174,21 @@ class _Graph:
     hidden: torch.Tensor  # [T, H] static output
 
 
+@dataclass
+class RaggedPlan:
+    """`GraphRunner.plan_ragged`: the layout of one ragged batched forward over static slots (B sessions, N new
+    tokens), shared by its layers."""
+
+    session_of: torch.Tensor  # [N] each new token's session
+    step_of: torch.Tensor  # [N] its index among its session's new tokens
+    slot_of: torch.Tensor  # [N] its session's slot
+    position_of: torch.Tensor  # [N] its position in its sequence
+    rows: slice | torch.Tensor  # the sessions' slots: a slice (consecutive, in order) or their indices [B]
+    live: int  # Lmax: key positions read
+    t_max: int  # Tmax: padded queries per session
+    mask: torch.Tensor  # [B, 1, Tmax, Lmax] bool
+
+
 class GraphRunner:
     """The static KV pool of one model, its slots, and the captured graphs per (slot, T).
 
@@ -233,51 +248,55 @@ class GraphRunner:
             raise ValueError(f"slot {slot} released twice")
         self._free.append(slot)  # its graphs stay: the next owner replays them (stale entries are masked)
 
+    def plan_ragged(self, slots: Sequence[int], offsets: Sequence[int], lengths: Sequence[int]) -> RaggedPlan:
+        """What every layer of one ragged batched forward needs to attend for sessions on these slots (`offsets`:
+        positions already cached; `lengths`: new tokens), computed once per forward: where each new token goes, the
+        padded layout of the queries and the per-session causal mask. Zeroes never-written positions up to the
+        longest session's end (a masked position must not hold NaN: 0 * NaN)."""
+        b, device = len(slots), self.device
+        live = max(offset + t for offset, t in zip(offsets, lengths, strict=True))  # Lmax
+        if live > self.max_len:
+            raise SlotOverflow(f"a session's positions do not fit a slot of {self.max_len}")
+        self._make_finite(slots, live)
+        session_of = torch.repeat_interleave(torch.arange(b, device=device), torch.tensor(lengths, device=device))
+        step_of = torch.cat([torch.arange(t, device=device) for t in lengths])  # [N] t within its session
+        t_max = max(lengths)
+        steps = torch.arange(t_max, device=device)[None, :]  # [1, Tmax]
+        # query t of session b sees key j iff j <= L_b + t; padded queries see key 0 (their output is dropped)
+        limit = torch.tensor(offsets, device=device)[:, None] + steps  # [B, Tmax]
+        limit = torch.where(steps < torch.tensor(lengths, device=device)[:, None], limit, 0)
+        consecutive = list(slots) == list(range(slots[0], slots[0] + b))  # read the pool as a view
+        return RaggedPlan(
+            session_of=session_of,
+            step_of=step_of,
+            slot_of=torch.tensor(slots, device=device)[session_of],
+            position_of=torch.tensor(offsets, device=device)[session_of] + step_of,
+            rows=slice(slots[0], slots[0] + b) if consecutive else torch.tensor(slots, device=device),
+            live=live,
+            t_max=t_max,
+            mask=(torch.arange(live, device=device)[None, None, :] <= limit[:, :, None])[:, None],
+        )
+
     def attend_ragged(
         self,
         attn: Any,
         q: torch.Tensor,  # [1, Hq, N, d] the new tokens of B sessions laid end to end (rotary applied)
         k: torch.Tensor,  # [1, Hkv, N, d]
         v: torch.Tensor,  # [1, Hkv, N, d]
-        slots: Sequence[int],  # [B] each session's slot
-        offsets: Sequence[int],  # [B] L_b positions already cached per session
-        lengths: Sequence[int],  # [B] T_b new tokens per session (sum N)
+        plan: RaggedPlan,
         layer_idx: int,
     ) -> torch.Tensor:  # [1, N, Hq * d]
-        """Attention for several sessions' new tokens in one call (the ragged batched forward, eager): their keys
-        and values are written into their slots, then queries padded to [B, Hq, Tmax, d] attend to the slots' first
-        Lmax positions under a per-session causal mask. Sessions on consecutive slots read the pool as a view;
-        otherwise their rows are gathered (a copy)."""
-        device = q.device
-        b = len(slots)
-        if max(offsets[i] + lengths[i] for i in range(b)) > self.max_len:
-            raise SlotOverflow(f"a session's positions do not fit a slot of {self.max_len}")
-        session_of = torch.repeat_interleave(torch.arange(b, device=device), torch.tensor(lengths, device=device))
-        step_of = torch.cat([torch.arange(t, device=device) for t in lengths])  # [N] t within its session
-        slot_of = torch.tensor(slots, device=device)[session_of]  # [N]
-        position_of = torch.tensor(offsets, device=device)[session_of] + step_of  # [N]
-        live = max(offset + t for offset, t in zip(offsets, lengths, strict=True))  # Lmax
-        if layer_idx == 0:
-            self._make_finite(slots, live)  # zeroes only positions no forward has written
+        """One layer's attention for several sessions' new tokens in one call: their keys and values are written
+        into their slots, then the queries padded to [B, Hq, Tmax, d] attend to the slots' first Lmax positions."""
         keys, values = self.keys[layer_idx], self.values[layer_idx]  # [S, Hkv, max_len, d]
-        keys[slot_of, :, position_of] = k[0].transpose(0, 1)  # [N, Hkv, d] into each token's slot and position
-        values[slot_of, :, position_of] = v[0].transpose(0, 1)
-        first = min(slots)
-        if sorted(slots) == list(range(first, first + b)) and list(slots) == sorted(slots):
-            slot_keys, slot_values = keys[first : first + b, :, :live], values[first : first + b, :, :live]  # views
-        else:
-            index = torch.tensor(slots, device=device)
-            slot_keys, slot_values = keys[index, :, :live], values[index, :, :live]  # [B, Hkv, Lmax, d] copies
-        t_max = max(lengths)
-        queries = q.new_zeros(b, q.shape[1], t_max, q.shape[3])  # [B, Hq, Tmax, d] padded
-        queries[session_of, :, step_of] = q[0].transpose(0, 1)
-        # query t of session b sees key j iff j <= L_b + t; padded queries see key 0 (their output is dropped)
-        limit = torch.tensor(offsets, device=device)[:, None] + torch.arange(t_max, device=device)[None, :]  # [B, Tmax]
-        limit = torch.where(torch.arange(t_max, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None],
-                            limit, 0)  # fmt: skip
-        mask = torch.arange(live, device=device)[None, None, :] <= limit[:, :, None]  # [B, Tmax, Lmax]
-        out = _attention(queries, slot_keys, slot_values, mask[:, None], attn.scaling)  # [B, Hq, Tmax, d]
-        return out[session_of, :, step_of].reshape(1, q.shape[2], -1)  # [1, N, Hq * d]
+        keys[plan.slot_of, :, plan.position_of] = k[0].transpose(0, 1)  # [N, Hkv, d] into slot and position
+        values[plan.slot_of, :, plan.position_of] = v[0].transpose(0, 1)
+        slot_keys = keys[plan.rows, :, : plan.live]  # [B, Hkv, Lmax, d]: a view, or a copy for scattered slots
+        slot_values = values[plan.rows, :, : plan.live]
+        queries = q.new_zeros(len(plan.mask), q.shape[1], plan.t_max, q.shape[3])  # [B, Hq, Tmax, d] padded
+        queries[plan.session_of, :, plan.step_of] = q[0].transpose(0, 1)
+        out = _attention(queries, slot_keys, slot_values, plan.mask, attn.scaling)  # [B, Hq, Tmax, d]
+        return out[plan.session_of, :, plan.step_of].reshape(1, q.shape[2], -1)  # [1, N, Hq * d]
 
     def written(self, slot: int, end: int) -> None:
         """A forward writes positions up to `end` of `slot` (every position before its start is already written)."""

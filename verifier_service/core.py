@@ -7,10 +7,9 @@ K+1 next-token distributions for positions n .. n+K.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -21,7 +20,7 @@ from specdec.batched import ExtendJob, extend_many, supports_batching
 from specdec.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from specdec.kvcache import CachedSequence, ForwardOutput
 from specdec.limits import MAX_BLOCK_TOKENS
-from specdec.modeling import LoadedModel
+from specdec.modeling import LoadedModel, on_stream, side_stream
 from specdec.policies import LOSSY_POLICIES, resolve_policy, resolve_policy_params
 from specdec.sampling import (
     SamplingConfig,
@@ -77,11 +76,11 @@ class PendingBlock:
 class VerifierSession:
     """One sequence being generated: its committed tokens, KV cache and random generator.
 
-    `kv` is a `StaticSequence` (a slot of the core's CUDA-graph pool) when the core gave it one, else a
+    `kv` is a `StaticSequence` (a slot of the core's static KV pool) when the core gave it one, else a
     `CachedSequence`; a static session that would outgrow its slot moves to a `CachedSequence` for good
     (`_make_room`)."""
 
-    def __init__(self, lm: LoadedModel, options: SessionOptions, kv: KVSequence | None = None) -> None:
+    def __init__(self, lm: LoadedModel, options: SessionOptions) -> None:
         prompt = options.prompt_token_ids
         if not prompt:
             raise InvalidArgument("prompt_token_ids must contain at least one token")
@@ -93,7 +92,7 @@ class VerifierSession:
         self.policy = resolve_policy(options.policy, options.sampling)
         self.policy_params = resolve_policy_params(options.policy_params, self.policy, options.sampling)
         self.committed: list[int] = list(prompt)
-        self.kv: KVSequence = kv if kv is not None else CachedSequence(lm.model)
+        self.kv: KVSequence = CachedSequence(lm.model)  # or a static slot, given by VerifierCore
         self.generator = make_generator(options.sampling.seed, lm.device)  # reseeded for each position
         self.prefill_ms = 0.0
         self.closed = False  # set by VerifierCore.close_session: nothing may refill its cache
@@ -133,8 +132,8 @@ class VerifierSession:
         self._make_room(len(self.committed) + len(draft_tokens))  # the block's last input is at committed + K - 1
         pending = self.kv.pending(self.committed)  # uncached committed tail, >= 1 token
         want_hidden = self.options.return_hidden_states
-        # ExtendJob is typed for CachedSequence; a StaticSequence has the same interface, and the core never
-        # hands one to the ragged batched forward (see VerifierCore._extend_all)
+        # ExtendJob is typed for CachedSequence; a StaticSequence has the same interface (its `cache` takes the
+        # ragged batched forward's updates)
         job = ExtendJob(
             cast(Any, self.kv), pending + draft_tokens, keep_logits=len(draft_tokens) + 1, want_hidden=want_hidden
         )
@@ -268,11 +267,11 @@ def _check_token_ids(ids: list[int], vocab_size: int, field_name: str) -> None:
 class VerifierCore:
     """The served target and its live sessions.
 
-    `graphs` (`--cuda-graphs auto|on|off`, `--graph-slots`, `--graph-max-len`): with graphs on, up to `slots`
-    sessions verify on a static KV cache whose forward per block size is a captured CUDA graph
-    (`specdec.static_cache`); the others, and sessions that outgrow their slot, use a `CachedSequence` as
-    without graphs. `graph_capture` is a test hook: graphs through this capture function (e.g.
-    `static_cache.eager_capture` on CPU), whatever the device.
+    `graphs` (`--static-kv`, `--cuda-graphs`, `--graph-slots`, `--graph-max-len`): up to `slots` sessions keep
+    their KV cache in a static pool (`specdec.static_cache`), whose forward per block size is a captured CUDA
+    graph on CUDA; the others, and sessions that outgrow their slot, use a `CachedSequence`. `graph_capture` is
+    a test hook: graphs through this capture function (e.g. `static_cache.eager_capture` on CPU), whatever the
+    device.
 
     On CUDA every model forward runs on the core's own stream, so a draft model in the same process (the
     embedded stack) can overlap with it; each public method synchronises that stream before returning, so what
@@ -283,9 +282,7 @@ class VerifierCore:
     ) -> None:
         self.lm = lm
         self.sessions: set[VerifierSession] = set()
-        self.stream = torch.cuda.Stream(lm.device) if lm.device.type == "cuda" else None
-        if self.stream is not None:
-            self.stream.wait_stream(torch.cuda.current_stream(lm.device))  # the weights are loaded
+        self.stream = side_stream(lm.device)
         self.graphs = self._graph_runner(graphs or GraphOptions(), graph_capture)
 
     def _graph_runner(self, options: GraphOptions, capture: Capture | None) -> GraphRunner | None:
@@ -311,25 +308,13 @@ class VerifierCore:
             raise InvalidArgument(f"graph slots must be >= 1 and max len >= 2, got {options.slots}, {options.max_len}")
         max_len = min(options.max_len, self.lm.max_context)
         graphs = options.mode != "off" and on_cuda
-        with self._on_stream():
+        with on_stream(self.stream):
             if graphs and capture is None:
                 capture = cuda_capture(torch.cuda.graph_pool_handle())
             runner = GraphRunner(self.lm.model, options.slots, max_len, capture if graphs else None)
         log.info("static KV cache: %d slots of %d positions; CUDA graphs %s", options.slots, max_len,
                  "on" if graphs else "off")  # fmt: skip
         return runner
-
-    @contextlib.contextmanager
-    def _on_stream(self) -> Iterator[None]:
-        """Run the body on the core's CUDA stream and wait for it (CPU: nothing to do)."""
-        if self.stream is None:
-            yield
-            return
-        with torch.cuda.stream(self.stream):
-            try:
-                yield
-            finally:
-                self.stream.synchronize()
 
     @property
     def live_sessions(self) -> int:
@@ -341,11 +326,8 @@ class VerifierCore:
         return sum(session.kv.nbytes() for session in list(self.sessions))
 
     def open_session(self, options: SessionOptions) -> VerifierSession:
-        with self._on_stream():
-            session = VerifierSession(self.lm, options)  # checks the options first: no slot taken if they fail
-            slot = self.graphs.acquire() if self.graphs is not None else None  # None: all slots taken
-            if slot is not None:
-                session.kv = slot
+        with on_stream(self.stream):
+            session = self._new_session(options)
             try:
                 session.prefill_ms = session.prefill()
             except BaseException:
@@ -359,12 +341,9 @@ class VerifierCore:
         (allocator growth, kernel selection, compilation on accelerators); with graphs, on a static slot too
         (this captures one graph, so a capture problem shows at startup)."""
         eos = self.lm.eos_token_ids[0] if self.lm.eos_token_ids else 0
-        with self._on_stream():
+        with on_stream(self.stream):
             for static in (False, True) if self.graphs is not None else (False,):
-                session = VerifierSession(self.lm, SessionOptions(prompt_token_ids=[eos] * 4))
-                slot = self.graphs.acquire() if static and self.graphs is not None else None
-                if slot is not None:
-                    session.kv = slot
+                session = self._new_session(SessionOptions(prompt_token_ids=[eos] * 4), static)
                 try:
                     session.prefill()
                     session.verify(session.committed_length, [eos, eos], None)
@@ -372,8 +351,16 @@ class VerifierCore:
                     session.kv.rollback(0)
                     session.release_slot()
 
+    def _new_session(self, options: SessionOptions, static: bool = True) -> VerifierSession:
+        """A session on a static slot when `static` and one is free, else on a dynamic cache."""
+        session = VerifierSession(self.lm, options)  # checks the options first: no slot taken if they fail
+        slot = self.graphs.acquire() if static and self.graphs is not None else None  # None: all slots taken
+        if slot is not None:
+            session.kv = slot
+        return session
+
     def close_session(self, session: VerifierSession) -> None:
-        with self._on_stream():
+        with on_stream(self.stream):
             session.closed = True
             session.kv.rollback(0)
             session.release_slot()
@@ -384,7 +371,7 @@ class VerifierCore:
 
         Returns one outcome per request, or the exception that request alone raised (a bad block fails only
         its own caller). Greedy exact-policy sessions are accepted by one batched `greedy_verify` call."""
-        with self._on_stream():
+        with on_stream(self.stream):
             return self._verify_batch(requests)
 
     def _verify_batch(self, requests: Sequence[VerifyRequest]) -> list[VerifyOutcome | Exception]:
@@ -420,14 +407,12 @@ class VerifierCore:
         launch; batching slots into one graph is not done yet) and the others as one ragged batch; without graphs,
         static and dynamic sessions alike go into the ragged batch (`extend_many`)."""
         graphed = self.graphs is not None and self.graphs.capture is not None
-        alone = [i for i, job in enumerate(jobs) if graphed and isinstance(job.seq, StaticSequence)]
+        alone = {i for i, job in enumerate(jobs) if graphed and isinstance(job.seq, StaticSequence)}
         batched = [i for i in range(len(jobs)) if i not in alone]
-        outs: list[ForwardOutput | None] = [None] * len(jobs)
+        outs = dict(zip(batched, extend_many(self.lm.model, [jobs[i] for i in batched]), strict=True))
         for i in alone:
             outs[i] = jobs[i].seq.extend(jobs[i].token_ids, jobs[i].keep_logits, jobs[i].want_hidden)
-        for i, out in zip(batched, extend_many(self.lm.model, [jobs[i] for i in batched]), strict=True):
-            outs[i] = out
-        return [out for out in outs if out is not None]
+        return [outs[i] for i in range(len(jobs))]
 
     def _one_by_one(self, requests: Sequence[VerifyRequest]) -> list[VerifyOutcome | Exception]:
         """After a failed batch: caches rebuilt from the committed tokens, every request alone."""
