@@ -13,7 +13,7 @@ import torch
 
 from specdec.kvcache import CachedSequence
 from specdec.modeling import LoadedModel, on_stream, side_stream
-from specdec.sampling import SamplingConfig, logits_to_probs, make_generator, reseed_for_position, sample_from
+from specdec.sampling import SamplingConfig, draft_token, make_generator
 
 Proposal = tuple[int, torch.Tensor | None]
 MAX_MATCH_LENGTH = 64  # prompt lookup reports matches up to this long
@@ -160,14 +160,11 @@ class ModelDrafter:
         for _ in range(max_tokens):
             with on_stream(self.stream):  # the stream is waited for before the token is handed out
                 logits = self.kv.extend(inputs).logits[-1]  # [V] next-token logits
-                if min_confidence > 0 and float(torch.softmax(logits.float(), -1).max()) < min_confidence:
-                    return  # not confident enough to be worth verifying
-                if self.sampling.greedy:
-                    token, q = int(logits.argmax()), None
-                else:
-                    q = logits_to_probs(logits, self.sampling)  # [V]
-                    position = len(self.kv.tokens)  # the position this token is drafted for
-                    token = sample_from(q, reseed_for_position(self.generator, self.sampling.seed, position, "draft"))
+                position = len(self.kv.tokens)  # the position this token is drafted for
+                drafted = draft_token(logits, self.sampling, self.generator, position, min_confidence)
+            if drafted is None:
+                return  # not confident enough to be worth verifying
+            token, q = drafted
             if q is not None and q.is_cuda:  # read later on another thread's (default) stream: keep its memory
                 q.record_stream(torch.cuda.current_stream(q.device))
             yield token, q

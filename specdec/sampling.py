@@ -103,3 +103,29 @@ def draw_acceptance_randoms(
 def sample_from(probs: torch.Tensor, gen: torch.Generator) -> int:
     """One token from probs[V]."""
     return int(torch.multinomial(probs, 1, generator=gen).item())
+
+
+def draft_token(
+    logits: torch.Tensor,  # [V], or [N] over a reduced draft vocabulary when vocab_ids is given
+    sampling: SamplingConfig,
+    generator: torch.Generator,
+    position: int,
+    min_confidence: float = 0.0,
+    vocab_ids: torch.Tensor | None = None,  # [N] full-vocabulary ids of a reduced vocabulary
+    vocab_size: int = 0,  # V, with vocab_ids
+) -> tuple[int, torch.Tensor | None] | None:
+    """What every model-based draft does per token: the token drafted for `position` and its q ([V], None when
+    greedy), or None when the draft's top-1 probability is below min_confidence. Greedy: the argmax; sampling: a
+    draw from q = the target's sampling transformation of the draft's logits (zero outside a reduced vocabulary),
+    from the draft generator reseeded for the position, so q is exactly the distribution the token came from."""
+    if min_confidence > 0 and float(torch.softmax(logits.float(), -1).max()) < min_confidence:
+        return None
+    if sampling.greedy:
+        top = int(logits.argmax())
+        return (top if vocab_ids is None else int(vocab_ids[top])), None
+    if vocab_ids is not None:  # -inf outside the draft vocabulary: q = 0 there
+        full = torch.full((vocab_size,), float("-inf"), dtype=torch.float32, device=logits.device)
+        full[vocab_ids] = logits.float()
+        logits = full
+    q = logits_to_probs(logits, sampling)  # [V]
+    return sample_from(q, reseed_for_position(generator, sampling.seed, position, "draft")), q

@@ -16,9 +16,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from specdec.draft_service.heads.common import FeatureBuffer, draft_token
+from specdec.draft_service.heads.common import FeatureBuffer
 from specdec.draft_service.heads.layers import DecoderLayer, LayerCache, LayerShape, RMSNorm, rotary
-from specdec.sampling import SamplingConfig, make_generator
+from specdec.sampling import SamplingConfig, draft_token, make_generator
 
 Proposal = tuple[int, torch.Tensor | None]
 
@@ -132,7 +132,7 @@ class EagleDrafter:
         for i in range(max_tokens):
             reduced = self.head.lm_head(feature[0, 0])  # [N]
             drafted = draft_token(
-                reduced, self.head.vocab_ids, self.vocab_size, self.sampling, self.generator, n + i, min_confidence
+                reduced, self.sampling, self.generator, n + i, min_confidence, self.head.vocab_ids, self.vocab_size
             )
             if drafted is None:
                 return

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specdec.draft_service.heads.common import FeatureBuffer, draft_token
-from specdec.sampling import SamplingConfig, make_generator
+from specdec.draft_service.heads.common import FeatureBuffer
+from specdec.sampling import SamplingConfig, draft_token, make_generator
 
 Proposal = tuple[int, torch.Tensor | None]
 
@@ -76,7 +76,7 @@ class MedusaDrafter:
         for k in range(min(max_tokens, self.head.num_heads)):
             reduced = self.head.lm_head(self.head.blocks[k](feature))  # [N]
             drafted = draft_token(
-                reduced, self.head.vocab_ids, self.vocab_size, self.sampling, self.generator, n + k, min_confidence
+                reduced, self.sampling, self.generator, n + k, min_confidence, self.head.vocab_ids, self.vocab_size
             )
             if drafted is None:
                 return
