@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import threading
 import time
@@ -65,13 +64,9 @@ def _target(device: torch.device, smoke: bool) -> tuple[Any, str]:
     """(model, what it is): the default model if already converted locally (never converted here), else random."""
     if smoke:
         return _llama(TINY_CONFIG, torch.float32, device), "tiny random-init Llama (CPU smoke run)"
-    try:
-        from specdec.modeling import cache_dir  # imports grpc (through specdec.errors)
+    from specdec.modeling import converted_default_dir
 
-        root = cache_dir()
-    except ImportError:  # a bare GPU box without grpc: the same default as specdec.modeling.cache_dir
-        root = Path(os.environ.get("SPECDEC_CACHE_DIR", Path.home() / ".cache" / "specdec"))
-    path = root / "models" / "SmolLM2-135M-Instruct"  # what default_model_dir() converts into
+    path = converted_default_dir()
     if (path / "config.json").exists():
         from transformers import AutoModelForCausalLM
 

@@ -93,9 +93,14 @@ def on_stream(stream: torch.cuda.Stream | None) -> Iterator[None]:
             stream.synchronize()
 
 
+def converted_default_dir() -> Path:
+    """Where the default model's safetensors conversion lives (it may not exist yet)."""
+    return cache_dir() / "models" / "SmolLM2-135M-Instruct"
+
+
 def default_model_dir() -> Path:
     """Folder of the converted default model, converting it from the packaged GGUF on first use."""
-    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    target = converted_default_dir()
     if (target / "config.json").exists():
         return target
     with _conversion_lock:
