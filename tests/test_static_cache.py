@@ -93,8 +93,12 @@ def test_the_graph_path_equals_the_eager_path_and_behaves_like_a_cached_sequence
         assert pending[0] == pending[1] == pending[2], step
         block = pending[0] + random_ids(generator, 1 + step % 4)  # T = 2..5 after the prefill: graphed
         keep = len(block)  # the graph computes every row's logits; the eager path as many as asked
+        start = len(a.tokens)
         outs = [s.extend(block, keep_logits=keep) for s in (a, b, reference)]
-        # the graph (all max_len positions, masked) and the eager path (the live positions only) agree
+        # the same computation without the graph (all max_len positions, masked) is bitwise what the replay gave
+        again = graphed.forward(a.slot, block, start, keep, False, eager=True)  # rewrites the same keys/values
+        assert torch.equal(outs[0].logits, again.logits), step
+        # the eager path without graphs (the live positions only) agrees
         torch.testing.assert_close(outs[0].logits, outs[1].logits, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(outs[0].logits, outs[2].logits, rtol=1e-5, atol=1e-5)
         accepted = step % 3
