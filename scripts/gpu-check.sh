@@ -3,15 +3,13 @@
 # compared on every case) and the verifier's CUDA-graph benchmark (graph replay vs eager per step, streams).
 #   OUT=results/gpu bash scripts/gpu-check.sh
 # Runs from a source checkout with the machine's own torch/triton/transformers (no install: the `specdec.*`
-# namespace is assembled from symlinks, as scripts/typecheck.sh does).
+# namespace is assembled from links by scripts/link-namespace.sh, as for scripts/typecheck.sh).
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$root/results/gpu}
 mkdir -p "$OUT"
 site=$(mktemp -d)
-mkdir -p "$site/specdec"
-for f in "$root"/specdec/*; do ln -s "$f" "$site/specdec/"; done
-for d in kernels draft_service verifier_service orchestrator bench; do ln -s "$root/$d" "$site/specdec/$d"; done
+bash "$root/scripts/link-namespace.sh" "$site"
 export PYTHONPATH=$site PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 cd "$site" || exit 1

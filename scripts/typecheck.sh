@@ -4,8 +4,6 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tree="$root/build/typecheck"
-rm -rf "$tree" && mkdir -p "$tree/specdec"
-for f in "$root"/specdec/*; do ln -s "$f" "$tree/specdec/"; done
-for d in kernels draft_service verifier_service orchestrator bench; do ln -s "$root/$d" "$tree/specdec/$d"; done
+bash "$root/scripts/link-namespace.sh" "$tree"
 cd "$tree"
 exec "${PYTHON:-python}" -m mypy --config-file "$root/pyproject.toml" -p specdec "$@"
