@@ -238,7 +238,8 @@ async def serve(
 ) -> service.RunningServer:
     """Start a verifier for an already loaded target; `port=0` binds a free port (see `.port`); with
     `metrics_port`, Prometheus metrics too (see `.metrics_port`); `security`: token and TLS (default open);
-    `limits`: session cap and idle TTL; `graphs`: CUDA graphs (default auto: on for a supported model on CUDA)."""
+    `limits`: session cap and idle TTL; `graphs`: the static KV pool and CUDA graphs (default auto: the pool for a
+    Llama-family target, graphs when it is on CUDA)."""
     limits = limits or ServiceLimits()
     servicer = VerifierServicer(VerifierCore(lm, graphs), *_servicer_limits(limits))
     return await _start(servicer, port, host, metrics_port, security, serving=True)
