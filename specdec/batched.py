@@ -67,7 +67,7 @@ def _ragged_forward(model: Any, jobs: Sequence[ExtendJob]) -> list[ForwardOutput
     device = model.device
     lengths = [len(job.token_ids) for job in jobs]  # T_i new tokens per session
     offsets = [len(job.seq.tokens) for job in jobs]  # L_i cached tokens per session
-    starts = [sum(lengths[:i]) for i in range(len(jobs))]
+    starts = _offsets_of(lengths)  # where each session's tokens start in the ragged sequence
     ids = torch.tensor([[t for job in jobs for t in job.token_ids]], dtype=torch.long, device=device)  # [1, N]
     positions = torch.tensor(
         [[offset + j for offset, length in zip(offsets, lengths, strict=True) for j in range(length)]], device=device
@@ -89,15 +89,27 @@ def _ragged_forward(model: Any, jobs: Sequence[ExtendJob]) -> list[ForwardOutput
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     hidden = inner.norm(hidden)  # [1, N, H] final hidden states (what output_hidden_states[-1] holds)
 
+    # One LM head call over every session's kept rows: the head is the largest matrix, read once per step
+    keeps = [min(max(1, job.keep_logits), length) for job, length in zip(jobs, lengths, strict=True)]
+    rows = torch.cat([torch.arange(s + t - keep, s + t) for s, t, keep in zip(starts, lengths, keeps, strict=True)]).to(
+        device
+    )  # [sum keep] positions of the kept rows in the ragged sequence
+    logits = model.lm_head(hidden[0, rows])  # [sum keep, V]
     outputs = []
-    for job, start, length in zip(jobs, starts, lengths, strict=True):
-        keep = max(1, job.keep_logits)
-        logits = model.lm_head(hidden[0, start + length - keep : start + length])  # [keep, V]
+    for job, start, length, first, keep in zip(jobs, starts, lengths, _offsets_of(keeps), keeps, strict=True):
         job.seq.tokens.extend(int(t) for t in job.token_ids)
         outputs.append(
-            ForwardOutput(logits=logits, hidden=hidden[0, start : start + length] if job.want_hidden else None)
+            ForwardOutput(
+                logits=logits[first : first + keep],  # [keep, V]
+                hidden=hidden[0, start : start + length] if job.want_hidden else None,  # [T, H]
+            )
         )
     return outputs
+
+
+def _offsets_of(counts: Sequence[int]) -> list[int]:
+    """Where each of consecutive runs of these lengths starts."""
+    return [sum(counts[:i]) for i in range(len(counts))]
 
 
 # attend(attn, q [1, Hq, N, d], k [1, Hkv, N, d], v [1, Hkv, N, d], layer_idx) -> merged [1, N, Hq * d]

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from specdec import cpu_linear
 from specdec.errors import FailedPrecondition, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,8 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedMo
         raise FailedPrecondition(f"cannot load model {spec!r}: {exc}") from exc
     model.to(dev)  # type: ignore[arg-type]  # transformers' stub wraps .to oddly
     model.eval()
+    if dev.type == "cpu" and cpu_linear.wanted():
+        cpu_linear.use_onednn_linears(model)  # skinny CPU matmuls: see specdec/cpu_linear.py
     config = model.config
     max_context = int(getattr(config, "max_position_embeddings", 0) or 0) or 1 << 20
     return LoadedModel(
@@ -273,5 +276,7 @@ def quantize_int8(lm: LoadedModel) -> LoadedModel:
 
     with warnings.catch_warnings():  # torch deprecates its quantized tensors in favour of torchao; still works
         warnings.simplefilter("ignore")
-        model = quantize_dynamic(copy.deepcopy(lm.model).float().cpu(), {torch.nn.Linear}, dtype=torch.qint8)
+        plain = copy.deepcopy(lm.model).float().cpu()
+        cpu_linear.restore_linears(plain)  # quantize_dynamic converts plain nn.Linear modules only
+        model = quantize_dynamic(plain, {torch.nn.Linear}, dtype=torch.qint8)
     return dataclasses.replace(lm, model=model.eval(), device=torch.device("cpu"), dtype=torch.float32)

@@ -71,3 +71,16 @@ def test_one_job_or_an_unsupported_model_runs_the_models_own_forward(lm: LoadedM
     [out] = extend_many(lm.model, [ExtendJob(seq, [5, 6, 7], keep_logits=2)])
     want = reference.extend([5, 6, 7], keep_logits=2)
     assert torch.equal(out.logits, want.logits) and out.hidden is None
+
+
+@torch.inference_mode()
+def test_each_session_gets_its_own_kept_logit_rows(lm: LoadedModel) -> None:
+    """One LM head call serves the batch: each session still gets exactly its own last `keep_logits` rows (all of
+    its rows when it asks for more than it fed, as the model's own `logits_to_keep` does)."""
+    blocks, keeps = [[5, 6, 7, 8], [9], [10, 11, 12]], [2, 3, 1]
+    batched = [CachedSequence(lm.model) for _ in blocks]
+    got = extend_many(lm.model, [ExtendJob(s, b, k) for s, b, k in zip(batched, blocks, keeps, strict=True)])
+    for block, keep, out in zip(blocks, keeps, got, strict=True):
+        want = CachedSequence(lm.model).extend(block, keep_logits=keep)
+        assert out.logits.shape == want.logits.shape == (min(keep, len(block)), lm.vocab_size)
+        torch.testing.assert_close(out.logits, want.logits, rtol=1e-4, atol=1e-4)

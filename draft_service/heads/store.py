@@ -12,6 +12,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from specdec import cpu_linear
 from specdec.draft_service.heads.eagle import EagleHead
 from specdec.draft_service.heads.layers import LayerShape
 from specdec.draft_service.heads.medusa import MedusaHead
@@ -97,6 +98,8 @@ def load_head(folder: Path) -> tuple[EagleHead | MedusaHead, HeadConfig]:
         head.load_state_dict(state)
     except RuntimeError as exc:
         raise FailedPrecondition(f"{weights_path} does not match its config: {exc}") from exc
+    if cpu_linear.wanted():
+        cpu_linear.use_onednn_linears(head)  # a draft step is a few one-row products: see specdec/cpu_linear.py
     return head.eval(), config
 
 

@@ -1,0 +1,134 @@
+"""Linear layers on a CPU through oneDNN with pre-packed weights, instead of torch's default (MKL) matmul.
+
+Why: a verify step multiplies a few rows (K+1 tokens, or one token of each of 8 batched sessions) by every weight
+matrix. MKL's float32 GEMM handles these skinny products poorly on this project's AMD EPYC (measured, SmolLM2's
+MLP 576x1536: 1 row 74 us, 8 rows 222 us; the 49152-row LM head: 10.3 ms for 1 row, 19.4 ms for 8), while oneDNN
+on a weight reordered once into its blocked layout takes 65 / 110 us and 4.9 / 4.9 ms. On the default model a
+one-token step goes from 61 to 40 ms and an 8-token verify block from 114 to 55 ms (float32).
+
+`use_onednn_linears(model)` turns every `nn.Linear` of a model into a `OneDnnLinear` in place (same parameters,
+same state dict). The packed copy of each weight is made on first use and kept beside the module (not in it, so
+that `copy.deepcopy` still works: oneDNN's opaque tensors cannot be copied); it is remade if the weight changes.
+The packed path runs only where it is exact to use: CPU inputs in float32 or bfloat16 without autograd (training
+and other devices go through `F.linear`). Memory: one packed copy of every weight (the dense ones stay, since
+embeddings, fingerprints, trained heads and int8 quantization read them).
+
+Numerics: oneDNN sums in another order than MKL, so float32 logits differ in the last bits (~1e-4 on SmolLM2);
+greedy identity against the target's own decode holds because both run through the same layers.
+
+`SPECDEC_CPU_GEMM=default` turns it off (`onednn`, the default, asks for it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+MODE_ENV = "SPECDEC_CPU_GEMM"
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
+# oneDNN picks the packed layout for an expected number of rows; 16 covers verify blocks and batched decode steps
+# and costs prefills nothing measurable (1536x576 float32: 1 row 47-65 us, 512 rows 4.4-4.8 ms for any hint >= 8)
+PACK_ROWS_HINT = 16
+
+# module -> ((weight address, version, dtype), packed weight); weak so that dropping a model frees its copies
+_packed: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, int, torch.dtype], torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+_enabled = True  # `stock_linears()` turns the packed path off process-wide (benchmarks of the stock path)
+
+
+class OneDnnLinear(nn.Linear):
+    """`nn.Linear` whose CPU inference forward uses a oneDNN-packed copy of its weight (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = _packed_weight(self, x)
+        if packed is None:
+            return F.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")  # type: ignore[no-any-return]
+
+
+def _packed_weight(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
+    """The packed weight for x, or None where the packed path does not apply."""
+    weight = linear.weight
+    if (
+        not _enabled
+        or torch.is_grad_enabled()
+        or x.device.type != "cpu"
+        or x.dtype != weight.dtype
+        or x.dtype not in PACKED_DTYPES
+    ):
+        return None
+    version = -1 if weight.is_inference() else weight._version  # inference tensors keep no version (nor change)
+    key = (weight.data_ptr(), version, weight.dtype)
+    entry = _packed.get(linear)
+    if entry is None or entry[0] != key:
+        entry = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS_HINT))
+        _packed[linear] = entry
+    return entry[1]
+
+
+@functools.cache
+def onednn_available() -> bool:
+    """Whether this torch can run packed oneDNN linears, and they agree with `F.linear` on a small product."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        probe = OneDnnLinear(64, 32)
+        x = torch.randn(3, 64)
+        with torch.inference_mode():
+            return bool(torch.allclose(probe(x), F.linear(x, probe.weight, probe.bias), rtol=1e-4, atol=1e-5))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+def wanted() -> bool:
+    """`SPECDEC_CPU_GEMM` asks for oneDNN (the default) and this torch supports it."""
+    mode = os.environ.get(MODE_ENV, "onednn").strip().lower()
+    if mode not in ("onednn", "default"):
+        raise ValueError(f"{MODE_ENV} must be 'onednn' or 'default', got {mode!r}")
+    return mode == "onednn" and onednn_available()
+
+
+def use_onednn_linears(model: Any) -> int:
+    """Turn the model's `nn.Linear` modules into `OneDnnLinear` in place; returns how many."""
+    count = 0
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = OneDnnLinear
+            count += 1
+    return count
+
+
+@contextlib.contextmanager
+def stock_linears() -> Iterator[None]:
+    """Within: every `OneDnnLinear` runs torch's default `F.linear` (process-wide, for benchmarks that compare the
+    two; nothing else may run models meanwhile)."""
+    global _enabled
+    _enabled = False
+    try:
+        yield
+    finally:
+        _enabled = True
+
+
+def uses_onednn(model: Any) -> bool:
+    return any(type(module) is OneDnnLinear for module in model.modules())
+
+
+def restore_linears(model: Any) -> None:
+    """Undo `use_onednn_linears` (e.g. before torch's int8 quantization, which converts plain `nn.Linear` only)."""
+    for module in model.modules():
+        if type(module) is OneDnnLinear:
+            module.__class__ = nn.Linear  # type: ignore[assignment]  # the class it was made from
+            _packed.pop(module, None)
