@@ -125,9 +125,9 @@ async def run_bench(args: argparse.Namespace) -> int:
 
 
 async def _perf(args: argparse.Namespace, cfg: Any) -> int:
-    import asyncio
     import json
 
+    from specdec import compute
     from specdec.bench.foundation import system_info
     from specdec.bench.perf import PerfConfig, format_report, run_perf
     from specdec.modeling import load_model
@@ -139,7 +139,7 @@ async def _perf(args: argparse.Namespace, cfg: Any) -> int:
         draft=cfg.drafts[0], k=args.k[0] if args.k != [4] else 8, concurrency=args.concurrency or 8,
         rtts_ms=[0.0, *[r for r in args.rtt_ms if r > 0]], prompts_file=cfg.prompts_file,
     )  # fmt: skip
-    lm = await asyncio.to_thread(load_model, args.target, args.device, args.dtype)
+    lm = await compute.run(load_model, args.target, args.device, args.dtype)
     report = await run_perf(lm, perf)
     report["system"] = system_info(lm)
     out = args.out or Path("results") / f"perf-{datetime.datetime.now():%Y%m%d-%H%M%S}"
@@ -157,9 +157,9 @@ def _usage_error(message: str) -> int:
 
 async def _targets(args: argparse.Namespace, cfg: Any, stack: AsyncExitStack) -> tuple[dict[str, Any], dict[str, Any]]:
     """What runs each kind of method, and the system facts recorded with the results."""
-    import asyncio
     import os
 
+    from specdec import compute
     from specdec.bench.foundation import system_info
     from specdec.bench.openai_target import OpenAITarget
     from specdec.bench.sweep import HF, HF_ASSISTED, REMOTE
@@ -171,7 +171,7 @@ async def _targets(args: argparse.Namespace, cfg: Any, stack: AsyncExitStack) ->
     embedded = args.orchestrator is None and args.openai_url is None
     lm = None
     if embedded or cfg.hf_peers:
-        lm = await asyncio.to_thread(load_model, args.target, args.device, args.dtype)
+        lm = await compute.run(load_model, args.target, args.device, args.dtype)
     system: dict[str, Any] = system_info(lm) if lm is not None else {}
     targets: dict[str, Any] = {}
     if lm is not None:

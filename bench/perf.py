@@ -9,12 +9,13 @@
    orchestrator's links (verifier and draft), as if each service ran on another machine (the 0 ms row goes
    through the same proxies, without delay); "kept" is the
    speedup at that latency over the speedup at 0 ms, "recovered" the share of what the latency cost with
-   draft-ahead off that draft-ahead wins back.
+   draft-ahead off that draft-ahead wins back: in speedup over `none` (undefined when the latency costs the draft
+   nothing relative to `none`, which pays the verifier link's delay too) and in absolute tokens/s (where the
+   verifier link's share of the delay, which no draft can hide, counts as a cost).
 """
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from specdec import compute, cpu_linear
 from specdec.bench.load import Outcome, run_load
 from specdec.bench.peers import hf_generate
 from specdec.bench.suites import Prompt, load_prompts, load_suite
@@ -73,7 +75,7 @@ async def run_perf(lm: LoadedModel, cfg: PerfConfig) -> dict[str, Any]:
         async with SpecdecClient(stack.address) as client:
             await generate(client, ids[0], cfg, "none")  # warm-up of the services, the draft and HF below
             await generate(client, ids[0], cfg, cfg.draft)
-            await asyncio.to_thread(hf_generate, lm, ids[0], 8)
+            await compute.run(hf_generate, lm, ids[0], 8)
             lean = await lean_path(lm, client, ids, cfg)
             batching = await batching_report(client, ids, cfg)
         network = await network_report(stack, network_ids, cfg)
@@ -90,20 +92,38 @@ async def generate(client: SpecdecClient, ids: list[int], cfg: PerfConfig, draft
 
 
 async def lean_path(lm: LoadedModel, client: SpecdecClient, prompts: Sequence[list[int]], cfg: PerfConfig) -> dict:
-    ratios, ours, hf = [], [], []
+    """`--draft none` through the services against HF `generate` on the same model object (the same linear layers:
+    what the services add), and, when the model runs packed oneDNN linears (specdec/cpu_linear.py), against HF
+    `generate` with torch's stock linears too (what a user of plain transformers gets on this CPU)."""
+    stock_too = cpu_linear.uses_onednn(lm.model)
+    ratios, ours, hf, stock_ratios, stock = [], [], [], [], []
     for ids in prompts:
-        start = time.perf_counter()
-        tokens = await asyncio.to_thread(hf_generate, lm, ids, cfg.max_new_tokens)
-        peer = Timed(len(tokens), time.perf_counter() - start)
+        peer = await timed_hf_generate(lm, ids, cfg)
+        if stock_too:
+            with cpu_linear.stock_linears():
+                stock_peer = await timed_hf_generate(lm, ids, cfg)
         mine = await generate(client, ids, cfg, "none")
         ours.append(mine.rate)
         hf.append(peer.rate)
         ratios.append(mine.rate / peer.rate)
-    return {
+        if stock_too:
+            stock.append(stock_peer.rate)
+            stock_ratios.append(mine.rate / stock_peer.rate)
+    report = {
         "none_tokens_per_second": statistics.median(ours),
         "hf_generate_tokens_per_second": statistics.median(hf),
         "ratio_to_hf_generate": statistics.median(ratios),
     }
+    if stock_too:
+        report["hf_generate_stock_linears_tokens_per_second"] = statistics.median(stock)
+        report["ratio_to_hf_generate_stock_linears"] = statistics.median(stock_ratios)
+    return report
+
+
+async def timed_hf_generate(lm: LoadedModel, ids: list[int], cfg: PerfConfig) -> Timed:
+    start = time.perf_counter()
+    tokens = await compute.run(hf_generate, lm, ids, cfg.max_new_tokens)
+    return Timed(len(tokens), time.perf_counter() - start)
 
 
 async def batching_report(client: SpecdecClient, prompts: Sequence[list[int]], cfg: PerfConfig) -> dict:
@@ -147,12 +167,17 @@ async def network_report(stack: EmbeddedStack, prompts: Sequence[list[int]], cfg
         async with delayed_orchestrator(stack, rtt) as address, SpecdecClient(address) as client:
             await generate(client, list(prompts[0]), cfg, cfg.draft)  # warm the new channels
             speedups: dict[str, list[float]] = {"off": [], "on": []}
+            rates: dict[str, list[float]] = {"none": [], "off": [], "on": []}
             for ids in prompts:
                 base = await generate(client, ids, cfg, "none")
+                rates["none"].append(base.rate)
                 for mode in ("off", "on"):
                     timed = await generate(client, ids, cfg, cfg.draft, draft_ahead=mode == "on")
                     speedups[mode].append(timed.rate / base.rate)
-            rows[f"{rtt:g}"] = {f"speedup_ahead_{m}": statistics.median(v) for m, v in speedups.items()}
+                    rates[mode].append(timed.rate)
+            row = {f"speedup_ahead_{m}": statistics.median(v) for m, v in speedups.items()}
+            row.update({_rate_key(m): statistics.median(v) for m, v in rates.items()})  # absolute tokens/s
+            rows[f"{rtt:g}"] = row
     zero = rows.get("0")
     for key, row in rows.items():
         if zero is None or key == "0":
@@ -161,7 +186,15 @@ async def network_report(stack: EmbeddedStack, prompts: Sequence[list[int]], cfg
             row[f"kept_ahead_{mode}"] = row[f"speedup_ahead_{mode}"] / zero[f"speedup_ahead_{mode}"]
         lost = zero["speedup_ahead_off"] - row["speedup_ahead_off"]
         row["recovered"] = (row["speedup_ahead_on"] - row["speedup_ahead_off"]) / lost if lost > 0 else float("nan")
+        # the same in absolute throughput: the draft's tokens/s that the latency took, and draft-ahead's share back
+        lost_rate = zero[_rate_key("off")] - row[_rate_key("off")]
+        gained = row[_rate_key("on")] - row[_rate_key("off")]
+        row["recovered_tokens_per_second"] = gained / lost_rate if lost_rate > 0 else float("nan")
     return rows
+
+
+def _rate_key(mode: str) -> str:
+    return "tokens_per_second_none" if mode == "none" else f"tokens_per_second_ahead_{mode}"
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -173,6 +206,11 @@ def format_report(report: dict[str, Any]) -> str:
         lean["ratio_to_hf_generate"],
     )
     lines.append(f"lean path: --draft none {ours:.1f} tok/s, HF generate {hf:.1f} tok/s -> {ratio:.2f}x")
+    if "ratio_to_hf_generate_stock_linears" in lean:
+        lines.append(
+            f"  HF generate with torch's stock linears {lean['hf_generate_stock_linears_tokens_per_second']:.1f}"
+            f" tok/s -> {lean['ratio_to_hf_generate_stock_linears']:.2f}x"
+        )
     n = cfg["concurrency"]
     for draft, row in report["batching"].items():
         one, many = row["aggregate_tokens_per_second_1"], row[f"aggregate_tokens_per_second_{n}"]
@@ -181,9 +219,14 @@ def format_report(report: dict[str, Any]) -> str:
             f" -> {row['scaling']:.2f}x"
         )
     lines.append(f"network ({cfg['draft']} K={cfg['k']} on {cfg['network_suite']}; speedup vs none at the same RTT):")
-    lines.append("  added RTT   ahead off   ahead on   kept off   kept on   recovered")
+    header = "  added RTT   none tok/s   off tok/s   on tok/s   ahead off   ahead on   kept off   kept on   recovered"
+    lines.append(header + "   recovered tok/s")
     for rtt, row in report["network"].items():
+        rates = "   ".join(f"{row.get(_rate_key(m), float('nan')):8.1f}" for m in ("none", "off", "on"))
         kept = (f"{row['kept_ahead_off']:8.2f}   {row['kept_ahead_on']:7.2f}   {row['recovered']:9.2f}"
+                f"   {row.get('recovered_tokens_per_second', float('nan')):15.2f}"
                 if "kept_ahead_on" in row else "")  # fmt: skip
-        lines.append(f"  {rtt:>6} ms   {row['speedup_ahead_off']:8.2f}x   {row['speedup_ahead_on']:7.2f}x   {kept}")
+        lines.append(
+            f"  {rtt:>6} ms   {rates}   {row['speedup_ahead_off']:8.2f}x   {row['speedup_ahead_on']:7.2f}x   {kept}"
+        )
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from specdec import compute
 from specdec.bench.suites import load_suite
 from specdec.modeling import load_model
 from specdec.orchestrator.client import SpecdecClient
@@ -59,7 +60,7 @@ async def settle(client: SpecdecClient, seconds: float = 10.0) -> dict[str, Any]
 
 async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
     prompts = [p.messages[-1][1] for p in load_suite("chat") + load_suite("code")]
-    lm = await asyncio.to_thread(load_model, args.target, "auto", "auto")
+    lm = await compute.run(load_model, args.target, "auto", "auto")
     rounds: list[dict[str, Any]] = []
     async with EmbeddedStack(target_model=lm) as stack, SpecdecClient(stack.address) as client:
         limiter = asyncio.Semaphore(args.concurrency)

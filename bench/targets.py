@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from transformers.generation.streamers import BaseStreamer
 
+from specdec import compute
 from specdec.bench.openai_target import OpenAITarget
 from specdec.bench.peers import hf_generate
 from specdec.bench.suites import Prompt
@@ -150,7 +151,7 @@ class HFTarget:
             kwargs = {"prompt_lookup_num_tokens": method.k}
         elif method.kind == HF_ASSISTED:  # a model draft: HF's assistant model, K tokens per step as ours
             kwargs = {
-                "assistant_model": self._assistant(method.draft.removeprefix("model:")).model,
+                "assistant_model": (await compute.run(self._assistant, method.draft.removeprefix("model:"))).model,
                 "num_assistant_tokens": method.k,
                 "num_assistant_tokens_schedule": "constant",
                 "assistant_confidence_threshold": 0.0,
@@ -160,9 +161,14 @@ class HFTarget:
         if measure_memory:
             reset_peak_rss()
         streamer = TimingStreamer()
-        start = time.perf_counter()
-        tokens = hf_generate(self.lm, ids, cfg.max_new_tokens, streamer=streamer, **kwargs)
-        seconds = time.perf_counter() - start
+
+        def timed_generate() -> tuple[list[int], float]:
+            start = time.perf_counter()
+            return hf_generate(
+                self.lm, ids, cfg.max_new_tokens, streamer=streamer, **kwargs
+            ), time.perf_counter() - start
+
+        tokens, seconds = await compute.run(timed_generate)  # the process's model thread: see specdec/compute.py
         memory = {"bench process": {"peak_rss_mib": process_memory()[1] / MIB}} if measure_memory else {}
         return Run(
             "", prompt.suite, method.label, 0, len(tokens), seconds, tokens, "", streamer.first, streamer.last,

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from specdec import service, tracing
+from specdec import compute, service, tracing
 from specdec.draft_service.core import DraftCore
 from specdec.draft_service.server import serve as serve_draft
 from specdec.limits import ServiceLimits
@@ -51,7 +51,7 @@ class EmbeddedStack:
     async def __aenter__(self) -> EmbeddedStack:
         lm = self.target_model
         if lm is None:
-            lm = await asyncio.to_thread(load_model, self.target, self.device, self.dtype)
+            lm = await compute.run(load_model, self.target, self.device, self.dtype)
         try:
             await self._start(lm)
         except BaseException:

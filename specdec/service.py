@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -15,7 +14,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from specdec import profiling
+from specdec import compute, profiling
 from specdec import security as sec
 from specdec.errors import SpecdecError
 from specdec.metrics import MetricsEndpoint, serve_metrics
@@ -163,24 +162,34 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> N
 
 
 class ModelWorker:
-    """Runs model work off the event loop on one dedicated thread: a queue consumed by one worker.
+    """Runs model work off the event loop, one job at a time, in order: on a CPU on the process's one compute
+    thread (`specdec.compute`, shared with the other services of the process), on CUDA on a thread of its own.
 
     Health checks, cancellation and new sessions stay responsive while a forward pass runs (torch releases
-    the GIL in its ops). Batching several sessions into one forward later changes this class only.
+    the GIL in its ops).
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._shared = compute.share_cpu_thread()
+        self._pool = (
+            compute.shared_pool() if self._shared else ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        )
+        self._queued: set[Future[Any]] = set()  # this worker's jobs not finished yet (cancelled at shutdown)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(self._job, fn, *args))
+        return await asyncio.wrap_future(self._submit(fn, *args))
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue work without waiting for it: cleanup that must run even when the caller is cancelled,
         after whatever forward pass of the same session is in flight."""
-        self._pool.submit(self._job, fn, *args)
+        self._submit(fn, *args)
+
+    def _submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        future = self._pool.submit(self._job, fn, *args)
+        self._queued.add(future)
+        future.add_done_callback(self._queued.discard)
+        return future
 
     def _job(self, fn: Callable[..., T], *args: Any) -> T:
         """One job without autograd; under --profile, a labelled range in the torch profiler's trace."""
@@ -190,7 +199,11 @@ class ModelWorker:
             return _no_grad(fn, *args)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Cancel this worker's jobs that have not started (a shared thread keeps serving the other services)."""
+        for future in list(self._queued):
+            future.cancel()
+        if not self._shared:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class StreamSessions(Generic[S]):

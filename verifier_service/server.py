@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from specdec import service, tracing
+from specdec import compute, service, tracing
 from specdec.errors import FailedPrecondition, InvalidArgument, Unavailable
 from specdec.idle import expiring
 from specdec.limits import (
@@ -124,6 +123,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
             lm = self.core.lm
         except Unavailable as exc:
             await service.abort_with(context, exc)
+        if not self._weights_fingerprint:  # hashing the embedding is model work: keep it off the event loop's thread
+            self._weights_fingerprint = await self.worker.run(weights_fingerprint, lm.model)
         info = verifier_pb2.ModelInfo(
             name=lm.name,
             vocab_size=lm.vocab_size,
@@ -133,9 +134,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
             device=str(lm.device),
             dtype=str(lm.dtype).removeprefix("torch."),
             hidden_size=int(lm.model.config.hidden_size),
-            weights_fingerprint=self._weights_fingerprint or weights_fingerprint(lm.model),
+            weights_fingerprint=self._weights_fingerprint,
         )
-        self._weights_fingerprint = info.weights_fingerprint
         if request.include_tokenizer:
             if self._tokenizer_files is None:
                 self._tokenizer_files = tokenizer_files(lm)
@@ -272,7 +272,7 @@ async def serve_loading(
     servicer = VerifierServicer(None, *_servicer_limits(limits))
     running = await _start(servicer, port, host, metrics_port, security, serving=False)
     try:
-        lm = await asyncio.to_thread(load)
+        lm = await compute.run(load)  # on the model thread: see specdec/compute.py
         core = VerifierCore(lm, graphs)  # FailedPrecondition here for --cuda-graphs on without CUDA
         await servicer.worker.run(core.warm_up)
     except BaseException:
