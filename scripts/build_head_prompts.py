@@ -167,6 +167,24 @@ CHAT_TEMPLATES = [
     "Give me a step-by-step guide related to {t}.",
     "Why does {t} matter in everyday life?",
 ]
+EXTRA_CHAT_PROMPTS = 2000  # generating the target's answers runs at ~200 tokens/s here: ~25 minutes for these
+# More chat templates for `chat-extra.jsonl` (added after the first heads shipped; chat.jsonl keeps its prompts)
+EXTRA_CHAT_TEMPLATES = [
+    "Write a short story that involves {t}.",
+    "What is a good way to teach a friend about {t}?",
+    "List three surprising things about {t} and explain each one.",
+    "Compare {t} today with how it was fifty years ago.",
+    "Write a haiku and then a limerick about {t}.",
+    "What would a day in the life of someone who works with {t} look like?",
+    "Give me a quick quiz with three questions about {t}, with answers.",
+    "Write a friendly email inviting a colleague to a talk about {t}.",
+    "What are the biggest open questions about {t}?",
+    "Explain {t} using an analogy from cooking.",
+    "Write a dialogue between a teacher and a student about {t}.",
+    "What mistakes do people often make with {t}, and how can they avoid them?",
+    "Plan a one-week learning schedule for {t}.",
+    "Write a product description for a book about {t}.",
+]
 CODE_TASKS = [
     "Explain what the following Python function does, step by step.",
     "Add type hints to the following Python function. Do not change its behaviour.",
@@ -330,10 +348,20 @@ DOC_MODULES = [
 ]
 
 
-def chat_prompts(rng: random.Random, n: int) -> list[str]:
+def chat_prompts(rng: random.Random, n: int) -> tuple[list[str], list[str]]:
+    """(n prompts from CHAT_TEMPLATES x TOPICS, every other pair of that product) in a seeded order."""
     pairs = [(tpl, t) for tpl in CHAT_TEMPLATES for t in TOPICS]
     rng.shuffle(pairs)
-    return [tpl.format(t=t) for tpl, t in pairs[:n]]
+    prompts = [tpl.format(t=t) for tpl, t in pairs]
+    return prompts[:n], prompts[n:]
+
+
+def extra_chat_prompts(unused: list[str]) -> list[str]:
+    """The chat pairs `chat.jsonl` left out plus EXTRA_CHAT_TEMPLATES x TOPICS, in a seeded order of their own (so
+    that the other files keep their prompts)."""
+    prompts = unused + [tpl.format(t=t) for tpl in EXTRA_CHAT_TEMPLATES for t in TOPICS]
+    random.Random(1).shuffle(prompts)
+    return prompts[:EXTRA_CHAT_PROMPTS]
 
 
 def stdlib_functions(rng: random.Random) -> list[str]:
@@ -386,10 +414,12 @@ def summarise_prompts(rng: random.Random, n: int) -> list[str]:
 def main() -> None:
     rng = random.Random(0)
     OUT.mkdir(parents=True, exist_ok=True)
+    chat, unused_chat = chat_prompts(rng, 520)
     sets = {
-        "chat": chat_prompts(rng, 520),
+        "chat": chat,
         "code": code_prompts(rng, 130, 28),
         "summarise": summarise_prompts(rng, 150),
+        "chat-extra": extra_chat_prompts(unused_chat),
     }
     bench = {
         json.loads(line)["messages"][0]["content"]

@@ -333,3 +333,29 @@ async def test_shipped_heads_on_the_default_model(method: str) -> None:
     assert_greedy_identical(lm, ids, list(response.completions[0].token_ids), hf_greedy(lm, ids, 32))
     # the shipped heads are weak (see the README): some drafts are accepted, far from all
     assert response.stats.draft_tokens > 0 and response.stats.accepted_tokens > 0, response.stats
+
+
+def test_training_data_is_generated_once_per_prompt_file(tiny_dir: Path, tiny_target: Path, tmp_path: Path) -> None:
+    """Each prompt file's answers are cached on their own: adding a file generates only its answers, and the data
+    of several files is their sequences end to end."""
+    from specdec.draft_service.heads.train import load_training_data
+
+    lm = load(str(tiny_target))
+    files = []
+    for name, prompts in (("a", TRAIN_PROMPTS[:3]), ("b", TRAIN_PROMPTS[3:5])):
+        files.append(tmp_path / f"{name}.jsonl")
+        files[-1].write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    cache = tmp_path / "data"
+    cfg = TrainConfig(method="eagle", max_new_tokens=8, gen_batch=4, prompt_files=[str(files[0])], data_dir=str(cache))
+    first = load_training_data(lm, cfg)
+    assert first.num_sequences == 3 and len(list(cache.iterdir())) == 1
+    cached = next(cache.iterdir()).stat().st_mtime_ns
+    both = load_training_data(lm, dataclasses.replace(cfg, prompt_files=[str(f) for f in files]))
+    assert len(list(cache.iterdir())) == 2 and min(f.stat().st_mtime_ns for f in cache.iterdir()) == cached
+    assert both.num_sequences == 5 and both.info["sequences"] == 5
+    assert both.info["generated_tokens"] == both.generated_tokens()
+    for i in range(3):  # the first file's sequences, unchanged, come first
+        assert all(torch.equal(x, y) for x, y in zip(both.sequence(i)[:2], first.sequence(i)[:2], strict=True))
+    second = load_training_data(lm, dataclasses.replace(cfg, prompt_files=[str(files[1])]))
+    for i in range(2):
+        assert torch.equal(both.sequence(3 + i)[0], second.sequence(i)[0])

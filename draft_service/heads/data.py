@@ -63,6 +63,23 @@ class HeadData:
         )
 
 
+def concat_data(parts: list[HeadData]) -> HeadData:
+    """Several data sets as one (sequences in order); `info` sums what adds up and keeps each part's own."""
+    if len(parts) == 1:
+        return parts[0]
+    lengths = torch.cat([torch.tensor([0])] + [p.offsets[1:] - p.offsets[:-1] for p in parts])
+    info: dict[str, Any] = {**parts[0].info, "parts": [p.info for p in parts]}
+    for key in ("sequences", "generated_tokens", "generation_s"):
+        info[key] = round(sum(p.info.get(key, 0) for p in parts), 1)
+    return HeadData(
+        tokens=torch.cat([p.tokens for p in parts]),
+        hidden=torch.cat([p.hidden for p in parts]),
+        offsets=torch.cumsum(lengths, 0),
+        prompt_lengths=torch.cat([p.prompt_lengths for p in parts]),
+        info=info,
+    )
+
+
 def load_prompt_messages(paths: list[Path]) -> list[list[dict[str, str]]]:
     """Chat messages from jsonl files (`{"messages": [...]}` or `{"prompt": ...}` lines)."""
     messages: list[list[dict[str, str]]] = []

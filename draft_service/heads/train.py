@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from specdec.draft_service.heads.data import (
     HeadData,
+    concat_data,
     data_key,
     generate_data,
     load_prompt_messages,
@@ -370,11 +371,18 @@ def _drafter(head: nn.Module, embedding: torch.Tensor | None, vocab_size: int) -
 
 
 def load_training_data(lm: LoadedModel, cfg: TrainConfig) -> HeadData:
+    """The target's answers to every prompt file, generated once per file and cached (adding a file generates
+    only its own answers)."""
     files = [Path(p) for p in cfg.prompt_files] or shipped_prompt_files()
-    prompts = prompt_ids(lm, load_prompt_messages(files), cfg.max_prompt_tokens)
-    key = data_key(lm, prompts, cfg.max_new_tokens)
     folder = Path(cfg.data_dir) if cfg.data_dir else cache_dir() / "head-data"
-    data = generate_data(lm, prompts, cfg.max_new_tokens, cfg.gen_batch, folder / f"{key}.safetensors")
+    parts = []
+    for file in files:
+        prompts = prompt_ids(lm, load_prompt_messages([file]), cfg.max_prompt_tokens)
+        key = data_key(lm, prompts, cfg.max_new_tokens)
+        part = generate_data(lm, prompts, cfg.max_new_tokens, cfg.gen_batch, folder / f"{key}.safetensors")
+        part.info["prompt_files"] = [file.name]
+        parts.append(part)
+    data = concat_data(parts)
     data.info["prompt_files"] = [p.name for p in files]
     return data
 
