@@ -91,10 +91,8 @@ def _ragged_forward(model: Any, jobs: Sequence[ExtendJob]) -> list[ForwardOutput
 
     # One LM head call over every session's kept rows: the head is the largest matrix, read once per step
     keeps = [min(max(1, job.keep_logits), length) for job, length in zip(jobs, lengths, strict=True)]
-    rows = torch.cat([torch.arange(s + t - keep, s + t) for s, t, keep in zip(starts, lengths, keeps, strict=True)]).to(
-        device
-    )  # [sum keep] positions of the kept rows in the ragged sequence
-    logits = model.lm_head(hidden[0, rows])  # [sum keep, V]
+    rows = [i for s, t, keep in zip(starts, lengths, keeps, strict=True) for i in range(s + t - keep, s + t)]
+    logits = model.lm_head(hidden[0, rows])  # [sum keep, V] (rows: the kept positions in the ragged sequence)
     outputs = []
     for job, start, length, first, keep in zip(jobs, starts, lengths, _offsets_of(keeps), keeps, strict=True):
         job.seq.tokens.extend(int(t) for t in job.token_ids)

@@ -49,10 +49,3 @@ async def run(fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(fn, *args)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(shared_pool(), functools.partial(fn, *args))
-
-
-def run_sync(fn: Callable[..., T], *args: Any) -> T:
-    """fn(*args) on the compute thread, waiting for it (for synchronous callers such as a CLI's main thread)."""
-    if not share_cpu_thread() or threading.current_thread().name.startswith(THREAD_PREFIX):
-        return fn(*args)  # already on it (waiting for a job queued behind ourselves would never return)
-    return shared_pool().submit(fn, *args).result()

@@ -7,8 +7,8 @@ on a weight reordered once into its blocked layout takes 65 / 110 us and 4.9 / 4
 one-token step goes from 61 to 40 ms and an 8-token verify block from 114 to 55 ms (float32).
 
 `use_onednn_linears(model)` turns every `nn.Linear` of a model into a `OneDnnLinear` in place (same parameters,
-same state dict). The packed copy of each weight is made on first use and kept beside the module (not in it, so
-that `copy.deepcopy` still works: oneDNN's opaque tensors cannot be copied); it is remade if the weight changes.
+same state dict). The packed copy of each weight is made on first use and kept in a holder on the module that a
+`copy.deepcopy` leaves empty (oneDNN's opaque tensors cannot be copied); it is remade if the weight changes.
 The packed path runs only where it is exact to use: CPU inputs in float32 or bfloat16 without autograd (training
 and other devices go through `F.linear`). Memory: one packed copy of every weight (the dense ones stay, since
 embeddings, fingerprints, trained heads and int8 quantization read them).
@@ -25,9 +25,8 @@ import contextlib
 import functools
 import logging
 import os
-import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -41,41 +40,50 @@ PACKED_DTYPES = (torch.float32, torch.bfloat16)
 # and costs prefills nothing measurable (1536x576 float32: 1 row 47-65 us, 512 rows 4.4-4.8 ms for any hint >= 8)
 PACK_ROWS_HINT = 16
 
-# module -> ((weight address, version, dtype), packed weight); weak so that dropping a model frees its copies
-_packed: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, int, torch.dtype], torch.Tensor]] = (
-    weakref.WeakKeyDictionary()
-)
 _enabled = True  # `stock_linears()` turns the packed path off process-wide (benchmarks of the stock path)
 
 
+class PackedWeight:
+    """A linear's oneDNN-packed weight and the (address, version, dtype) of the weight it was packed from, remade
+    when those change. A deepcopy starts empty: oneDNN's opaque tensors cannot be copied."""
+
+    __slots__ = ("packed", "source")
+
+    def __init__(self) -> None:
+        self.packed: torch.Tensor | None = None
+        self.source: tuple[int, int, torch.dtype] | None = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PackedWeight:
+        return PackedWeight()
+
+    def of(self, weight: torch.Tensor) -> torch.Tensor:
+        version = -1 if weight.is_inference() else weight._version  # inference tensors keep no version (nor change)
+        source = (weight.data_ptr(), version, weight.dtype)
+        if self.packed is None or source != self.source:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS_HINT)
+            self.source = source
+        return self.packed
+
+
 class OneDnnLinear(nn.Linear):
-    """`nn.Linear` whose CPU inference forward uses a oneDNN-packed copy of its weight (see the module docstring)."""
+    """`nn.Linear` whose CPU inference forward uses a oneDNN-packed copy of its weight (see the module docstring).
+    Made by `use_onednn_linears`, which gives it its `onednn` holder."""
+
+    onednn: PackedWeight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = _packed_weight(self, x)
-        if packed is None:
-            return F.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")  # type: ignore[no-any-return]
-
-
-def _packed_weight(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
-    """The packed weight for x, or None where the packed path does not apply."""
-    weight = linear.weight
-    if (
-        not _enabled
-        or torch.is_grad_enabled()
-        or x.device.type != "cpu"
-        or x.dtype != weight.dtype
-        or x.dtype not in PACKED_DTYPES
-    ):
-        return None
-    version = -1 if weight.is_inference() else weight._version  # inference tensors keep no version (nor change)
-    key = (weight.data_ptr(), version, weight.dtype)
-    entry = _packed.get(linear)
-    if entry is None or entry[0] != key:
-        entry = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS_HINT))
-        _packed[linear] = entry
-    return entry[1]
+        weight = self.weight
+        if (  # the packed path only where it is exact to use; else torch's own
+            not _enabled
+            or x.dtype is not weight.dtype
+            or x.dtype not in PACKED_DTYPES
+            or not x.is_cpu
+            or torch.is_grad_enabled()
+        ):
+            return F.linear(x, weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(  # type: ignore[no-any-return]
+            x, self.onednn.of(weight), self.bias, "none", [], ""
+        )
 
 
 @functools.cache
@@ -84,7 +92,8 @@ def onednn_available() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        probe = OneDnnLinear(64, 32)
+        probe = nn.Linear(64, 32)
+        use_onednn_linears(probe)
         x = torch.randn(3, 64)
         with torch.inference_mode():
             return bool(torch.allclose(probe(x), F.linear(x, probe.weight, probe.bias), rtol=1e-4, atol=1e-5))
@@ -106,6 +115,7 @@ def use_onednn_linears(model: Any) -> int:
     for module in model.modules():
         if type(module) is nn.Linear:
             module.__class__ = OneDnnLinear
+            cast(OneDnnLinear, module).onednn = PackedWeight()
             count += 1
     return count
 
@@ -131,4 +141,4 @@ def restore_linears(model: Any) -> None:
     for module in model.modules():
         if type(module) is OneDnnLinear:
             module.__class__ = nn.Linear  # type: ignore[assignment]  # the class it was made from
-            _packed.pop(module, None)
+            del module.onednn

@@ -1,5 +1,5 @@
 """specdec.compute: on a CPU machine every service's model work runs on the process's one compute thread (so that
-libgomp never throttles its workers: see the module), and nothing deadlocks or leaks across services."""
+libgomp never throttles its workers: see the module), and one service's shutdown leaves the others' work alone."""
 
 from __future__ import annotations
 
@@ -19,13 +19,6 @@ async def test_services_share_one_compute_thread() -> None:
     names = {await worker.run(lambda: threading.current_thread().name) for worker in (verifier, draft)}
     assert names == {await compute.run(lambda: threading.current_thread().name)}
     assert next(iter(names)).startswith(compute.THREAD_PREFIX)
-    assert compute.run_sync(lambda: threading.current_thread().name) in names
-
-
-def test_run_sync_from_the_compute_thread_runs_inline() -> None:
-    """A job that itself calls run_sync would wait forever for a job queued behind it: it runs inline instead."""
-    nested = compute.run_sync(lambda: compute.run_sync(lambda: threading.current_thread().name))
-    assert nested.startswith(compute.THREAD_PREFIX)
 
 
 async def test_one_services_shutdown_cancels_only_its_own_queued_jobs() -> None:

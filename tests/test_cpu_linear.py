@@ -36,7 +36,7 @@ def test_packed_linear_matches_f_linear(dtype: torch.dtype, rows: int) -> None:
     x = torch.randn(2, rows, 96, dtype=dtype)  # a leading batch dimension, as in a model's [B, T, H]
     with torch.inference_mode():
         got, want = packed(x), plain(x)
-    assert cpu_linear._packed.get(packed) is not None  # the packed path ran
+    assert packed.onednn.packed is not None  # the packed path ran
     assert got.shape == want.shape == (2, rows, 48)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
@@ -47,11 +47,11 @@ def test_autograd_and_other_dtypes_take_f_linear() -> None:
     x = torch.randn(3, 8, requires_grad=True)
     packed(x).sum().backward()  # would fail through the packed op, which has no gradient
     assert x.grad is not None and packed.weight.grad is not None
-    assert cpu_linear._packed.get(packed) is None
+    assert packed.onednn.packed is None
     with torch.inference_mode():
         half = packed_copy(nn.Linear(8, 4).half())
         assert half(torch.randn(3, 8).half()).dtype == torch.float16
-    assert cpu_linear._packed.get(half) is None
+    assert half.onednn.packed is None
 
 
 def test_a_changed_weight_is_packed_again() -> None:
@@ -103,6 +103,6 @@ def test_stock_linears_turns_the_packed_path_off_for_a_while() -> None:
     with torch.inference_mode():
         with cpu_linear.stock_linears():
             torch.testing.assert_close(packed(x), F.linear(x, packed.weight, packed.bias))
-            assert cpu_linear._packed.get(packed) is None
+            assert packed.onednn.packed is None
         packed(x)
-    assert cpu_linear._packed.get(packed) is not None
+    assert packed.onednn.packed is not None
