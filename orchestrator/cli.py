@@ -426,6 +426,12 @@ def _add_train_draft_parser(commands: Any) -> None:
     train.add_argument("--gen-batch", type=int, default=48, help="prompts per batched generation call")
     train.add_argument("--draft-vocab", type=int, default=8192, help="draft vocabulary size (0: the whole vocabulary)")
     train.add_argument("--depth", type=int, default=3, help="eagle: unrolled drafting steps in training")
+    train.add_argument(
+        "--labels",
+        choices=["target", "tokens"],
+        default="target",
+        help="eagle: distil the target's next-token distribution (target) or fit the data's next tokens (tokens)",
+    )
     train.add_argument("--noise", type=float, default=0.05, help="eagle: input-feature noise, relative to their std")
     train.add_argument("--medusa-heads", type=int, default=4, help="medusa: number of heads")
     train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine schedule over --minutes)")
@@ -450,6 +456,7 @@ def _train_draft(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         gen_batch=args.gen_batch,
         depth=args.depth,
         noise=args.noise,
+        labels=args.labels,
         medusa_heads=args.medusa_heads,
         lr=args.lr,
         seed=args.seed,

@@ -246,6 +246,44 @@ def test_mismatch_without_a_weights_fingerprint(tiny_heads: dict[str, Path], tin
             core.open_session(dataclasses.replace(good, **change))  # type: ignore[arg-type]
 
 
+def test_distillation_teacher_is_the_targets_next_token_distribution(
+    tiny_heads: dict[str, Path], tiny_dir: Path, tiny_target: Path
+) -> None:
+    """The soft labels of row j are the target's distribution after token j+1: on its own greedy answers their top
+    token is the data's token at j+2 (the hard label), and a few steps on them lower the distillation loss."""
+    from specdec.draft_service.heads.data import load_data
+    from specdec.draft_service.heads.train import eagle_batches, eagle_loss, teacher_log_probs
+
+    lm = load(str(tiny_target))
+    data = load_data(next((tiny_dir / "head-data").glob("*.safetensors")))
+    vocab_ids = torch.arange(lm.vocab_size)  # the whole vocabulary: the teacher's argmax is the greedy token
+    rows = lm.model.get_output_embeddings().weight.detach().float()[vocab_ids]  # [V, H]
+    embedding = lm.model.get_input_embeddings().weight.detach().float()
+    cfg = TrainConfig(method="eagle", batch_tokens=256, window=64, noise=0.0, depth=2)
+    batch = next(eagle_batches(data, list(range(data.num_sequences)), embedding, vocab_ids, cfg))
+    teacher = teacher_log_probs(batch.target_features, rows)  # [B, T, V]
+    answers = batch.weights >= 1.0
+    assert answers.sum() > 20
+    # the same, up to near-ties flipped by the data's fp16 storage of the features
+    agree = (teacher.argmax(-1)[answers] == batch.labels[answers]).float().mean()
+    assert agree >= 0.95, agree
+    assert torch.allclose(teacher.exp().sum(-1), torch.ones(teacher.shape[:2]), atol=1e-4)
+
+    config = HeadConfig(method="eagle", target=target_identity(lm), draft_vocab_size=lm.vocab_size,
+                        layer=layer_shape(lm))  # fmt: skip
+    head = build_head(config)
+    init_head(head, lm, vocab_ids)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss, _ = eagle_loss(head, batch, cfg, 1.0, rows)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] * 0.9
+
+
 def test_held_out_replay_counts_steps(tiny_heads: dict[str, Path], tiny_target: Path, tiny_dir: Path) -> None:
     from specdec.draft_service.heads.data import load_data
 

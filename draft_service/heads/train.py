@@ -63,6 +63,7 @@ class TrainConfig:
     feature_weight: float = 1.0  # EAGLE: the feature-regression loss's weight
     noise: float = 0.05  # EAGLE: std of Gaussian noise on input features, relative to their std
     prompt_weight: float = 0.3  # loss weight of positions inside the prompt (answers weigh 1)
+    labels: str = "target"  # EAGLE: "target" distils the target's distribution, "tokens" uses the next tokens
     medusa_heads: int = 4
     seed: int = 0
     prompt_files: list[str] = field(default_factory=list)  # empty: the shipped prompt set
@@ -256,27 +257,48 @@ def _eagle_batch(
     return out
 
 
+def teacher_log_probs(target_features: torch.Tensor, teacher_rows: torch.Tensor) -> torch.Tensor:
+    """The target's next-token distribution over the draft vocabulary, log-softmaxed: [B, T, N].
+
+    target_features [B, T, H] are the target's own final hidden states f_{j+1} and teacher_rows [N, H] its (tied)
+    LM-head rows of the draft vocabulary, so this is exactly what verification compares a draft with, at the
+    prompt's positions too (there the data's next token is the user's, not the target's)."""
+    with torch.no_grad():
+        return F.log_softmax(F.linear(target_features, teacher_rows), dim=-1)
+
+
 def eagle_loss(
-    head: EagleHead, batch: EagleBatch, cfg: TrainConfig, feature_std: float
+    head: EagleHead, batch: EagleBatch, cfg: TrainConfig, feature_std: float, teacher_rows: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per unrolled step s (weight 0.8^s): classification of the token at j+2 (cross-entropy against the target's
+    distribution when teacher_rows is given, else against the data's token) plus smooth-L1 regression of f_{j+1}.
+    acc{s}: how often the draft's top token is the target's (or the data's) over answer rows."""
     features = batch.features
     if cfg.noise > 0:
         features = features + torch.randn_like(features) * cfg.noise * feature_std
     outputs = head.unrolled(features, batch.next_embeddings, cfg.depth, batch.key_mask)
+    teacher = None if teacher_rows is None else teacher_log_probs(batch.target_features, teacher_rows)  # [B, T, N]
+    scored = batch.weights >= 1.0  # answer rows (with a real f_{j+1}); hard labels: inside the draft vocabulary too
+    if teacher is None:
+        scored &= batch.labels != -100
     total = torch.zeros(())
     stats: dict[str, float] = {}
     for s, pred in enumerate(outputs):
         w = batch.weights[:, s:]  # rows j >= s are meaningful at step s
         logits = head.lm_head(pred[:, s:])  # [B, T-s, N]
-        ce = F.cross_entropy(logits.transpose(1, 2), batch.labels[:, s:], reduction="none")  # [B, T-s]
+        if teacher is None:
+            ce = F.cross_entropy(logits.transpose(1, 2), batch.labels[:, s:], reduction="none")  # [B, T-s]
+            best = batch.labels[:, s:]
+        else:
+            ce = -(teacher[:, s:].exp() * F.log_softmax(logits, dim=-1)).sum(-1)  # [B, T-s]
+            best = teacher[:, s:].argmax(-1)
         diff = (pred[:, s:] - batch.target_features[:, s:]) / feature_std
         reg = F.smooth_l1_loss(diff, torch.zeros_like(diff), reduction="none").mean(-1)  # [B, T-s]
         denom = w.sum().clamp_min(1e-6)
         loss = ((ce + cfg.feature_weight * reg) * w).sum() / denom
         total = total + loss * 0.8**s
-        valid = batch.labels[:, s:] != -100
-        hits = (logits.argmax(-1) == batch.labels[:, s:]) & valid & (w >= 1.0)
-        stats[f"acc{s}"] = float(hits.sum()) / max(1.0, float((valid & (w >= 1.0)).sum()))
+        hits = (logits.argmax(-1) == best) & scored[:, s:]
+        stats[f"acc{s}"] = float(hits.sum()) / max(1.0, float(scored[:, s:].sum()))
     stats["loss"] = float(total.detach())
     return total, stats
 
@@ -423,6 +445,11 @@ def train(
     head = build_head(config)
     init_head(head, lm, vocab_ids, feature_std)
     embedding = lm.model.get_input_embeddings().weight.detach().float().cpu()  # [V, H]
+    teacher_rows = None  # [N, H] the target's LM-head rows of the draft vocabulary (frozen), when distilling
+    if cfg.labels == "target":
+        teacher_rows = lm.model.get_output_embeddings().weight.detach().float().cpu()[vocab_ids]
+    elif cfg.labels != "tokens":
+        raise ValueError(f"labels must be 'target' or 'tokens', not {cfg.labels!r}")
 
     head.train()
     params = [p for p in head.parameters() if p.requires_grad]
@@ -444,7 +471,7 @@ def train(
             group["lr"] = cosine_lr(cfg.lr, elapsed / budget)
         batch: Any = next(batches)
         if isinstance(head, EagleHead):
-            loss, stats = eagle_loss(head, batch, cfg, feature_std)
+            loss, stats = eagle_loss(head, batch, cfg, feature_std, teacher_rows)
         else:
             assert isinstance(head, MedusaHead)
             loss, stats = medusa_loss(head, batch)
