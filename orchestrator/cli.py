@@ -423,7 +423,7 @@ def _add_train_draft_parser(commands: Any) -> None:
         "--prompts", action="append", default=[], help="jsonl prompt file(s) for the training data (default: shipped)"
     )
     train.add_argument("--max-new-tokens", type=int, default=160, help="answer length when generating data")
-    train.add_argument("--gen-batch", type=int, default=48, help="prompts per batched generation call")
+    train.add_argument("--gen-batch", type=int, default=96, help="prompts per batched generation call")
     train.add_argument("--draft-vocab", type=int, default=8192, help="draft vocabulary size (0: the whole vocabulary)")
     train.add_argument("--depth", type=int, default=3, help="eagle: unrolled drafting steps in training")
     train.add_argument(

@@ -10,8 +10,9 @@ one-token step goes from 61 to 40 ms and an 8-token verify block from 114 to 55 
 same state dict). The packed copy of each weight is made on first use and kept in a holder on the module that a
 `copy.deepcopy` leaves empty (oneDNN's opaque tensors cannot be copied); it is remade if the weight changes.
 The packed path runs only where it is exact to use: CPU inputs in float32 or bfloat16 without autograd (training
-and other devices go through `F.linear`). Memory: one packed copy of every weight (the dense ones stay, since
-embeddings, fingerprints, trained heads and int8 quantization read them).
+and other devices go through `F.linear`), in the dtypes this CPU packs (bfloat16 needs AVX-512 or AVX-NE-CONVERT).
+Memory: one packed copy of every weight (the dense ones stay, since embeddings, fingerprints, trained heads and
+int8 quantization read them).
 
 Numerics: oneDNN sums in another order than MKL, so float32 logits differ in the last bits (~1e-4 on SmolLM2);
 greedy identity against the target's own decode holds because both run through the same layers.
@@ -35,7 +36,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 MODE_ENV = "SPECDEC_CPU_GEMM"
-PACKED_DTYPES = (torch.float32, torch.bfloat16)
+PACKABLE_DTYPES = (torch.float32, torch.bfloat16)  # what oneDNN can pack; `packed_dtypes()`: what this CPU can
 # oneDNN picks the packed layout for an expected number of rows; 16 covers verify blocks and batched decode steps
 # and costs prefills nothing measurable (1536x576 float32: 1 row 47-65 us, 512 rows 4.4-4.8 ms for any hint >= 8)
 PACK_ROWS_HINT = 16
@@ -76,7 +77,7 @@ class OneDnnLinear(nn.Linear):
         if (  # the packed path only where it is exact to use; else torch's own
             not _enabled
             or x.dtype is not weight.dtype
-            or x.dtype not in PACKED_DTYPES
+            or x.dtype not in packed_dtypes()
             or not x.is_cpu
             or torch.is_grad_enabled()
         ):
@@ -87,18 +88,32 @@ class OneDnnLinear(nn.Linear):
 
 
 @functools.cache
-def onednn_available() -> bool:
-    """Whether this torch can run packed oneDNN linears, and they agree with `F.linear` on a small product."""
+def packed_dtypes() -> frozenset[torch.dtype]:
+    """The dtypes this torch and CPU run packed linears in, each checked against `F.linear` on a small product
+    (oneDNN packs bfloat16 only with avx512bw/vl/dq or avx_ne_convert: an AVX2-only CPU runs float32 alone)."""
     if not torch.backends.mkldnn.is_available():
-        return False
+        return frozenset()
+    return frozenset(dtype for dtype in PACKABLE_DTYPES if _packs_exactly(dtype))
+
+
+def _packs_exactly(dtype: torch.dtype) -> bool:
     try:
-        probe = nn.Linear(64, 32)
-        use_onednn_linears(probe)
-        x = torch.randn(3, 64)
+        torch.manual_seed(0)
+        probe = nn.Linear(64, 32).to(dtype)
+        x = torch.randn(3, 64, dtype=dtype)
         with torch.inference_mode():
-            return bool(torch.allclose(probe(x), F.linear(x, probe.weight, probe.bias), rtol=1e-4, atol=1e-5))
+            got = torch.ops.mkldnn._linear_pointwise(
+                x, torch.ops.mkldnn._reorder_linear_weight(probe.weight, PACK_ROWS_HINT), probe.bias, "none", [], ""
+            )
+            tol = 1e-4 if dtype == torch.float32 else 2e-2
+            return bool(torch.allclose(got.float(), F.linear(x, probe.weight, probe.bias).float(), rtol=tol, atol=tol))
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
+
+
+def onednn_available() -> bool:
+    """Whether this torch can run packed oneDNN linears in float32 (the CPU default dtype)."""
+    return torch.float32 in packed_dtypes()
 
 
 def wanted() -> bool:
