@@ -164,3 +164,21 @@ def test_the_cache_keyword_follows_the_model_signature() -> None:
 
     assert cache_keyword(Old) == "past_key_values"
     assert cache_keyword(New) == "cache"
+
+
+def test_transformers_imports_from_the_repository_root() -> None:
+    """Our top-level kernels/ folder (specdec.kernels) must not shadow the `kernels` distribution that transformers
+    imports when it is installed: from the repository root, `python -m` puts the root first on sys.path."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from specdec._hub_kernels import hub_kernels_init
+
+    root = Path(__file__).resolve().parent.parent
+    code = "import specdec, kernels, transformers.integrations.hub_kernels; print(kernels.__file__)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = Path(done.stdout.strip())
+    installed = hub_kernels_init()
+    assert loaded == (installed if installed is not None else root / "kernels" / "__init__.py")
