@@ -432,6 +432,10 @@ def _add_train_draft_parser(commands: Any) -> None:
         default="target",
         help="eagle: distil the target's next-token distribution (target) or fit the data's next tokens (tokens)",
     )
+    train.add_argument(
+        "--freeze-lm-head", action="store_true", help="keep the draft vocabulary's rows of the target's LM head"
+    )
+    train.add_argument("--init", default="", help="continue from this trained head's folder (same target, vocabulary)")
     train.add_argument("--noise", type=float, default=0.05, help="eagle: input-feature noise, relative to their std")
     train.add_argument("--medusa-heads", type=int, default=4, help="medusa: number of heads")
     train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine schedule over --minutes)")
@@ -457,6 +461,8 @@ def _train_draft(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         depth=args.depth,
         noise=args.noise,
         labels=args.labels,
+        freeze_lm_head=args.freeze_lm_head,
+        init_from=args.init,
         medusa_heads=args.medusa_heads,
         lr=args.lr,
         seed=args.seed,

@@ -284,6 +284,24 @@ def test_distillation_teacher_is_the_targets_next_token_distribution(
     assert losses[-1] < losses[0] * 0.9
 
 
+def test_training_continues_from_a_trained_head(tiny_heads: dict[str, Path], tiny_target: Path, tiny_dir: Path):
+    """--init starts from the head's weights (with lr 0 they come out unchanged); a head of another method or
+    draft vocabulary is refused."""
+    lm = load(str(tiny_target))
+    prompts = str(tiny_dir / "head-prompts.jsonl")
+    base = dict(minutes=5, max_steps=1, draft_vocab=64, max_new_tokens=16, gen_batch=8, holdout_every=4,
+                batch_tokens=256, window=64, prompt_files=[prompts], data_dir=str(tiny_dir / "head-data"))  # fmt: skip
+    cfg = TrainConfig(method="eagle", lr=0.0, init_from=str(tiny_heads["eagle"]), **base)  # type: ignore[arg-type]
+    continued, _, _ = train(lm, cfg, tiny_dir / "eagle-continued", "test continue")
+    start, _ = load_head(tiny_heads["eagle"])
+    for name, value in start.state_dict().items():
+        assert torch.equal(continued.state_dict()[name], value), name
+    for method, vocab in (("medusa", 64), ("eagle", 32)):
+        cfg = TrainConfig(method=method, init_from=str(tiny_heads["eagle"]), **{**base, "draft_vocab": vocab})  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="another method, target, shape or draft vocabulary"):
+            train(lm, cfg, tiny_dir / "refused", "test refuse")
+
+
 def test_held_out_replay_counts_steps(tiny_heads: dict[str, Path], tiny_target: Path, tiny_dir: Path) -> None:
     from specdec.draft_service.heads.data import load_data
 

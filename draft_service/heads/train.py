@@ -39,7 +39,7 @@ from specdec.draft_service.heads.data import (
 from specdec.draft_service.heads.eagle import EagleDrafter, EagleHead
 from specdec.draft_service.heads.layers import LayerShape
 from specdec.draft_service.heads.medusa import MedusaDrafter, MedusaHead
-from specdec.draft_service.heads.store import HeadConfig, TargetIdentity, build_head, save_head
+from specdec.draft_service.heads.store import HeadConfig, TargetIdentity, build_head, load_head, save_head
 from specdec.modeling import LoadedModel, cache_dir, weights_fingerprint
 from specdec.sampling import SamplingConfig
 
@@ -66,6 +66,7 @@ class TrainConfig:
     prompt_weight: float = 0.3  # loss weight of positions inside the prompt (answers weigh 1)
     labels: str = "target"  # EAGLE: "target" distils the target's distribution, "tokens" uses the next tokens
     freeze_lm_head: bool = False  # keep the draft-vocabulary rows of the target's LM head as they are
+    init_from: str = ""  # a trained head's folder to continue from (same method, target, shapes, draft vocabulary)
     medusa_heads: int = 4
     seed: int = 0
     prompt_files: list[str] = field(default_factory=list)  # empty: the shipped prompt set
@@ -188,6 +189,26 @@ def init_head(head: EagleHead | MedusaHead, lm: LoadedModel, vocab_ids: torch.Te
             head.fc.weight[:, h:] = torch.eye(h) * (feature_std / max(embedding_std, 1e-6))
             head.fc.bias.zero_()
             head.norm.weight.copy_(lm.model.model.norm.weight.detach().float().cpu())
+
+
+def warm_start(head: EagleHead | MedusaHead, config: HeadConfig, folder: Path) -> dict[str, Any]:
+    """Continue from a trained head's weights: it must be of the same method, target, shapes and draft vocabulary.
+    Returns the record of how that head was trained (kept in the new head's config)."""
+    old, old_config = load_head(folder)
+    same = (
+        old_config.method == config.method
+        and old_config.target == config.target
+        and old_config.layer == config.layer
+        and old_config.draft_vocab_size == config.draft_vocab_size
+        and old_config.medusa_heads == config.medusa_heads
+    )
+    if not same or not torch.equal(old.vocab_ids, head.vocab_ids):
+        raise ValueError(
+            f"{folder} holds a head of another method, target, shape or draft vocabulary than this training's "
+            f"({config.method} for {config.target.name}, draft vocabulary {config.draft_vocab_size})"
+        )
+    head.load_state_dict(old.state_dict())
+    return old_config.training
 
 
 # ---- batches --------------------------------------------------------------------------------------------------
@@ -446,6 +467,7 @@ def train(
     feature_std = float(train_data.hidden[: min(len(train_data.hidden), 200_000)].float().std())
     head = build_head(config)
     init_head(head, lm, vocab_ids, feature_std)
+    continued_from = warm_start(head, config, Path(cfg.init_from)) if cfg.init_from else None
     embedding = lm.model.get_input_embeddings().weight.detach().float().cpu()  # [V, H]
     teacher_rows = None  # [N, H] the target's LM-head rows of the draft vocabulary (frozen), when distilling
     if cfg.labels == "target":
@@ -504,6 +526,7 @@ def train(
         "total_seconds": round(time.perf_counter() - started, 1),
         "final_batch": {k: round(v, 4) for k, v in stats.items()},
         "held_out": {**report.summary(), "sequences": len(replayed)},
+        **({"continued_from": continued_from} if continued_from is not None else {}),
     }
     save_head(head, config, out)
     print(f"saved {cfg.method} head to {out} ({step} steps in {train_s:.0f} s)")
