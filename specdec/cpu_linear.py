@@ -98,15 +98,14 @@ def packed_dtypes() -> frozenset[torch.dtype]:
 
 def _packs_exactly(dtype: torch.dtype) -> bool:
     try:
-        torch.manual_seed(0)
-        probe = nn.Linear(64, 32).to(dtype)
-        x = torch.randn(3, 64, dtype=dtype)
+        gen = torch.Generator().manual_seed(0)  # its own: probing must not move the caller's global RNG
+        weight, bias, x = (torch.randn(*shape, generator=gen).to(dtype) for shape in ((32, 64), (32,), (3, 64)))
         with torch.inference_mode():
             got = torch.ops.mkldnn._linear_pointwise(
-                x, torch.ops.mkldnn._reorder_linear_weight(probe.weight, PACK_ROWS_HINT), probe.bias, "none", [], ""
+                x, torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS_HINT), bias, "none", [], ""
             )
             tol = 1e-4 if dtype == torch.float32 else 2e-2
-            return bool(torch.allclose(got.float(), F.linear(x, probe.weight, probe.bias).float(), rtol=tol, atol=tol))
+            return bool(torch.allclose(got.float(), F.linear(x, weight, bias).float(), rtol=tol, atol=tol))
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
 

@@ -43,6 +43,15 @@ def test_packed_linear_matches_f_linear(dtype: torch.dtype, rows: int) -> None:
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
+def test_probing_the_packable_dtypes_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    cpu_linear.packed_dtypes.cache_clear()
+    assert torch.float32 in cpu_linear.packed_dtypes()
+    assert torch.equal(torch.rand(3), want)
+
+
 def test_autograd_and_other_dtypes_take_f_linear() -> None:
     packed = packed_copy(nn.Linear(8, 4))
     x = torch.randn(3, 8, requires_grad=True)
