@@ -300,6 +300,14 @@ def test_training_continues_from_a_trained_head(tiny_heads: dict[str, Path], tin
         cfg = TrainConfig(method=method, init_from=str(tiny_heads["eagle"]), **{**base, "draft_vocab": vocab})  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="another method, target, shape or draft vocabulary"):
             train(lm, cfg, tiny_dir / "refused", "test refuse")
+    # a bad --init or --labels fails at once, before any data is generated
+    empty = tiny_dir / "no-data-yet"
+    fast = {**base, "data_dir": str(empty)}
+    with pytest.raises(FailedPrecondition, match="holds no trained head"):
+        train(lm, TrainConfig(method="eagle", init_from=str(empty), **fast), tiny_dir / "refused", "x")  # type: ignore[arg-type]
+    assert not empty.exists()
+    with pytest.raises(ValueError, match="labels must be"):
+        TrainConfig(method="eagle", labels="soft")
 
 
 def test_held_out_replay_counts_steps(tiny_heads: dict[str, Path], tiny_target: Path, tiny_dir: Path) -> None:

@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,10 @@ class TrainConfig:
     prompt_files: list[str] = field(default_factory=list)  # empty: the shipped prompt set
     data_dir: str = ""  # where generated data is cached (default: the specdec cache)
     max_steps: int = 0  # stop after this many steps even within the time budget (tests); 0: no limit
+
+    def __post_init__(self) -> None:
+        if self.labels not in ("target", "tokens"):
+            raise ValueError(f"labels must be 'target' or 'tokens', not {self.labels!r}")
 
 
 @dataclass
@@ -191,24 +195,18 @@ def init_head(head: EagleHead | MedusaHead, lm: LoadedModel, vocab_ids: torch.Te
             head.norm.weight.copy_(lm.model.model.norm.weight.detach().float().cpu())
 
 
-def warm_start(head: EagleHead | MedusaHead, config: HeadConfig, folder: Path) -> dict[str, Any]:
-    """Continue from a trained head's weights: it must be of the same method, target, shapes and draft vocabulary.
-    Returns the record of how that head was trained (kept in the new head's config)."""
-    old, old_config = load_head(folder)
-    same = (
-        old_config.method == config.method
-        and old_config.target == config.target
-        and old_config.layer == config.layer
-        and old_config.draft_vocab_size == config.draft_vocab_size
-        and old_config.medusa_heads == config.medusa_heads
-    )
+def warm_start(
+    head: EagleHead | MedusaHead, config: HeadConfig, trained: tuple[EagleHead | MedusaHead, HeadConfig]
+) -> None:
+    """Continue from a trained head's weights: it must be of the same method, target, shapes and draft vocabulary."""
+    old, old_config = trained
+    same = replace(old_config, training={}) == replace(config, training={})  # method, target, shapes
     if not same or not torch.equal(old.vocab_ids, head.vocab_ids):
         raise ValueError(
-            f"{folder} holds a head of another method, target, shape or draft vocabulary than this training's "
+            f"--init holds a head of another method, target, shape or draft vocabulary than this training's "
             f"({config.method} for {config.target.name}, draft vocabulary {config.draft_vocab_size})"
         )
     head.load_state_dict(old.state_dict())
-    return old_config.training
 
 
 # ---- batches --------------------------------------------------------------------------------------------------
@@ -301,6 +299,8 @@ def eagle_loss(
         features = features + torch.randn_like(features) * cfg.noise * feature_std
     outputs = head.unrolled(features, batch.next_embeddings, cfg.depth, batch.key_mask)
     teacher = None if teacher_rows is None else teacher_log_probs(batch.target_features, teacher_rows)  # [B, T, N]
+    teacher_probs = None if teacher is None else teacher.exp()  # [B, T, N]
+    best = batch.labels if teacher is None else teacher.argmax(-1)  # [B, T] the token a draft should name
     scored = batch.weights >= 1.0  # answer rows (with a real f_{j+1}); hard labels: inside the draft vocabulary too
     if teacher is None:
         scored &= batch.labels != -100
@@ -309,18 +309,16 @@ def eagle_loss(
     for s, pred in enumerate(outputs):
         w = batch.weights[:, s:]  # rows j >= s are meaningful at step s
         logits = head.lm_head(pred[:, s:])  # [B, T-s, N]
-        if teacher is None:
+        if teacher_probs is None:
             ce = F.cross_entropy(logits.transpose(1, 2), batch.labels[:, s:], reduction="none")  # [B, T-s]
-            best = batch.labels[:, s:]
         else:
-            ce = -(teacher[:, s:].exp() * F.log_softmax(logits, dim=-1)).sum(-1)  # [B, T-s]
-            best = teacher[:, s:].argmax(-1)
+            ce = -(teacher_probs[:, s:] * F.log_softmax(logits, dim=-1)).sum(-1)  # [B, T-s]
         diff = (pred[:, s:] - batch.target_features[:, s:]) / feature_std
         reg = F.smooth_l1_loss(diff, torch.zeros_like(diff), reduction="none").mean(-1)  # [B, T-s]
         denom = w.sum().clamp_min(1e-6)
         loss = ((ce + cfg.feature_weight * reg) * w).sum() / denom
         total = total + loss * 0.8**s
-        hits = (logits.argmax(-1) == best) & scored[:, s:]
+        hits = (logits.argmax(-1) == best[:, s:]) & scored[:, s:]
         stats[f"acc{s}"] = float(hits.sum()) / max(1.0, float(scored[:, s:].sum()))
     stats["loss"] = float(total.detach())
     return total, stats
@@ -444,6 +442,7 @@ def train(
     """Generate (or load) the data, train a head for cfg.minutes, report held-out acceptance, save to `out`."""
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
+    continued = load_head(Path(cfg.init_from)) if cfg.init_from else None  # before data generation: fail fast
     data = load_training_data(lm, cfg)
     train_idx, held_idx = split_indices(data.num_sequences, cfg.holdout_every)
     train_data = data.subset(train_idx)
@@ -467,13 +466,12 @@ def train(
     feature_std = float(train_data.hidden[: min(len(train_data.hidden), 200_000)].float().std())
     head = build_head(config)
     init_head(head, lm, vocab_ids, feature_std)
-    continued_from = warm_start(head, config, Path(cfg.init_from)) if cfg.init_from else None
+    if continued is not None:
+        warm_start(head, config, continued)
     embedding = lm.model.get_input_embeddings().weight.detach().float().cpu()  # [V, H]
     teacher_rows = None  # [N, H] the target's LM-head rows of the draft vocabulary (frozen), when distilling
     if cfg.labels == "target":
         teacher_rows = lm.model.get_output_embeddings().weight.detach().float().cpu()[vocab_ids]
-    elif cfg.labels != "tokens":
-        raise ValueError(f"labels must be 'target' or 'tokens', not {cfg.labels!r}")
 
     head.train()
     if cfg.freeze_lm_head:
@@ -526,7 +524,7 @@ def train(
         "total_seconds": round(time.perf_counter() - started, 1),
         "final_batch": {k: round(v, 4) for k, v in stats.items()},
         "held_out": {**report.summary(), "sequences": len(replayed)},
-        **({"continued_from": continued_from} if continued_from is not None else {}),
+        **({"continued_from": continued[1].training} if continued is not None else {}),
     }
     save_head(head, config, out)
     print(f"saved {cfg.method} head to {out} ({step} steps in {train_s:.0f} s)")
