@@ -1,7 +1,7 @@
 """specdec: lossless speculative decoding as gRPC microservices."""
 
-from specdec._hub_kernels import preload_hub_kernels
+from specdec._hub_kernels import install_hub_kernels_finder
 
 __version__ = "0.1.0"
 
-preload_hub_kernels()
+install_hub_kernels_finder()
