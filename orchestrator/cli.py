@@ -430,7 +430,7 @@ def _add_train_draft_parser(commands: Any) -> None:
         "--labels",
         choices=["target", "tokens"],
         default="target",
-        help="eagle: distil the target's next-token distribution (target) or fit the data's next tokens (tokens)",
+        help="distil the target's next-token distribution (target) or fit the data's next tokens (tokens)",
     )
     train.add_argument(
         "--freeze-lm-head", action="store_true", help="keep the draft vocabulary's rows of the target's LM head"

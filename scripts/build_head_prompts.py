@@ -5,10 +5,14 @@ standard library (function sources and module documentation), so everything is o
 None of them is, or is about the same thing as, a benchmark prompt (bench/suites/*.jsonl: the unseen test).
 
 Run: python scripts/build_head_prompts.py   (deterministic: seeded)
+
+`--questions N` writes chat-generated.jsonl instead: N natural questions sampled from the default target itself
+(draft_service/heads/questions.py; seeded, ~10 minutes for 1,600 here), varied where the templates are not.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import inspect
 import json
@@ -411,9 +415,40 @@ def summarise_prompts(rng: random.Random, n: int) -> list[str]:
     return [f"{rng.choice(SUMMARY_TASKS)}\n\n{p}" for p in doc_paragraphs(rng)[:n]]
 
 
+def bench_prompts() -> set[str]:
+    return {
+        json.loads(line)["messages"][0]["content"]
+        for path in (ROOT / "bench" / "suites").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+        if line.strip()
+    }
+
+
+def write_set(name: str, prompts: list[str], bench: set[str]) -> None:
+    unique = list(dict.fromkeys(p for p in prompts if p not in bench))
+    with (OUT / f"{name}.jsonl").open("w") as f:
+        for i, content in enumerate(unique):
+            f.write(json.dumps({"id": f"{name}-{i:03d}", "messages": [{"role": "user", "content": content}]}) + "\n")
+    print(name, len(unique))
+
+
+def write_generated_questions(count: int) -> None:
+    from specdec.draft_service.heads.questions import write_questions
+    from specdec.modeling import load_model
+
+    bench = bench_prompts()
+    write_set("chat-generated", write_questions(load_model("default"), count, seed=0, exclude=bench), bench)
+
+
 def main() -> None:
-    rng = random.Random(0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--questions", type=int, default=0, help="write N target-written questions instead")
+    args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.questions:
+        write_generated_questions(args.questions)
+        return
+    rng = random.Random(0)
     chat, unused_chat = chat_prompts(rng, 520)
     sets = {
         "chat": chat,
@@ -421,20 +456,9 @@ def main() -> None:
         "summarise": summarise_prompts(rng, 150),
         "chat-extra": extra_chat_prompts(unused_chat),
     }
-    bench = {
-        json.loads(line)["messages"][0]["content"]
-        for path in (ROOT / "bench" / "suites").glob("*.jsonl")
-        for line in path.read_text().splitlines()
-        if line.strip()
-    }
+    bench = bench_prompts()
     for name, prompts in sets.items():
-        unique = list(dict.fromkeys(p for p in prompts if p not in bench))
-        with (OUT / f"{name}.jsonl").open("w") as f:
-            for i, content in enumerate(unique):
-                f.write(
-                    json.dumps({"id": f"{name}-{i:03d}", "messages": [{"role": "user", "content": content}]}) + "\n"
-                )
-        print(name, len(unique))
+        write_set(name, prompts, bench)
 
 
 if __name__ == "__main__":

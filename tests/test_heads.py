@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,7 @@ from specdec.draft_service.heads.medusa import MedusaDrafter, MedusaHead
 from specdec.draft_service.heads.store import HeadConfig, build_head, load_head, save_head
 from specdec.draft_service.heads.train import (
     TrainConfig,
+    draft_vocabulary,
     init_head,
     layer_shape,
     replay_acceptance,
@@ -284,25 +286,72 @@ def test_distillation_teacher_is_the_targets_next_token_distribution(
     assert losses[-1] < losses[0] * 0.9
 
 
-def test_training_continues_from_a_trained_head(tiny_heads: dict[str, Path], tiny_target: Path, tiny_dir: Path):
-    """--init starts from the head's weights (with lr 0 they come out unchanged); a head of another method or
-    draft vocabulary is refused."""
+def test_medusa_distillation_teacher_is_the_targets_distribution_k_tokens_ahead(
+    tiny_heads: dict[str, Path], tiny_dir: Path, tiny_target: Path
+) -> None:
+    """Medusa head k at row j learns t_{j+2+k}; its soft label is the target's distribution after token j+1+k,
+    whose top token on the target's greedy answers is that very token; a few steps lower the loss."""
+    from specdec.draft_service.heads.data import load_data
+    from specdec.draft_service.heads.train import medusa_batches, medusa_loss, teacher_log_probs
+
     lm = load(str(tiny_target))
-    prompts = str(tiny_dir / "head-prompts.jsonl")
+    data = load_data(next((tiny_dir / "head-data").glob("*.safetensors")))
+    vocab_ids = torch.arange(lm.vocab_size)
+    rows = lm.model.get_output_embeddings().weight.detach().float()[vocab_ids]  # [V, H]
+    cfg = TrainConfig(method="medusa", batch_tokens=256, medusa_heads=3)
+    batch = next(medusa_batches(data, list(range(data.num_sequences)), vocab_ids, cfg))
+    assert batch.target_features is not None and batch.target_features.shape == (256, 3, lm.model.config.hidden_size)
+    teacher = teacher_log_probs(batch.target_features, rows)  # [P, M, V]
+    answers = batch.weights >= 1.0  # [P, M]
+    assert answers[:, 2].sum() > 20
+    agree = (teacher.argmax(-1)[answers] == batch.labels[answers]).float().mean()
+    assert agree >= 0.95, agree
+    hard_cfg = dataclasses.replace(cfg, labels="tokens")
+    hard = next(medusa_batches(data, list(range(data.num_sequences)), vocab_ids, hard_cfg))
+    assert hard.target_features is None and torch.equal(hard.labels, batch.labels)
+
+    config = HeadConfig(method="medusa", target=target_identity(lm), draft_vocab_size=lm.vocab_size, medusa_heads=3)
+    head = build_head(config)
+    init_head(head, lm, vocab_ids)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(12):
+        loss, _ = medusa_loss(head, batch, rows)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] * 0.9
+
+
+def test_training_continues_from_a_trained_head(tiny_heads: dict[str, Path], tiny_target: Path, tiny_dir: Path):
+    """--init starts from the head's weights and keeps its draft vocabulary on new data (with lr 0 everything
+    comes out unchanged, although the new data ranks other tokens first); a head of another method or draft
+    vocabulary size is refused before any data is generated."""
+    from specdec.draft_service.heads.data import load_data
+
+    lm = load(str(tiny_target))
+    new_prompts = tiny_dir / "head-prompts-new.jsonl"
+    reversed_prompts = [json.dumps({"prompt": f"{i} {p[::-1]}"}) + "\n" for i, p in enumerate(TRAIN_PROMPTS)]
+    new_prompts.write_text("".join(reversed_prompts))
+    new_data = tiny_dir / "head-data-new"
     base = dict(minutes=5, max_steps=1, draft_vocab=64, max_new_tokens=16, gen_batch=8, holdout_every=4,
-                batch_tokens=256, window=64, prompt_files=[prompts], data_dir=str(tiny_dir / "head-data"))  # fmt: skip
+                batch_tokens=256, window=64, prompt_files=[str(new_prompts)], data_dir=str(new_data))  # fmt: skip
     cfg = TrainConfig(method="eagle", lr=0.0, init_from=str(tiny_heads["eagle"]), **base)  # type: ignore[arg-type]
     continued, _, _ = train(lm, cfg, tiny_dir / "eagle-continued", "test continue")
     start, _ = load_head(tiny_heads["eagle"])
     for name, value in start.state_dict().items():
         assert torch.equal(continued.state_dict()[name], value), name
+    data = load_data(next(new_data.glob("*.safetensors")))
+    fresh = draft_vocabulary(data, 64, lm.vocab_size, list(lm.eos_token_ids))
+    assert not torch.equal(fresh, start.vocab_ids)  # the new data alone would have chosen another vocabulary
+    empty = tiny_dir / "no-data-yet"
+    fast = {**base, "data_dir": str(empty)}
     for method, vocab in (("medusa", 64), ("eagle", 32)):
-        cfg = TrainConfig(method=method, init_from=str(tiny_heads["eagle"]), **{**base, "draft_vocab": vocab})  # type: ignore[arg-type]
+        cfg = TrainConfig(method=method, init_from=str(tiny_heads["eagle"]), **{**fast, "draft_vocab": vocab})  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="another method, target, shape or draft vocabulary"):
             train(lm, cfg, tiny_dir / "refused", "test refuse")
     # a bad --init or --labels fails at once, before any data is generated
-    empty = tiny_dir / "no-data-yet"
-    fast = {**base, "data_dir": str(empty)}
     with pytest.raises(FailedPrecondition, match="holds no trained head"):
         train(lm, TrainConfig(method="eagle", init_from=str(empty), **fast), tiny_dir / "refused", "x")  # type: ignore[arg-type]
     assert not empty.exists()
@@ -423,3 +472,22 @@ def test_training_data_is_generated_once_per_prompt_file(tiny_dir: Path, tiny_ta
     second = load_training_data(lm, dataclasses.replace(cfg, prompt_files=[str(files[1])]))
     for i in range(2):
         assert torch.equal(both.sequence(3 + i)[0], second.sequence(i)[0])
+
+
+def test_target_written_questions(tiny_target: Path) -> None:
+    """Questions sampled from the target: whole first lines only, distinct, never an excluded (benchmark) prompt,
+    the same for the same seed."""
+    from specdec.draft_service.heads.questions import EXAMPLE_QUESTIONS, few_shot_text, first_question, write_questions
+
+    assert first_question(" How do tides work?\n7. Why") == "How do tides work?"
+    assert first_question(" How do tides work and why do") is None  # cut off before its line ended
+    assert first_question(" 7.\n") is None and first_question("  !!!  ??? ...\n") is None
+    text = few_shot_text(random.Random(3))
+    assert text.endswith("\n6.") and sum(q in text for q in EXAMPLE_QUESTIONS) == 5
+    lm = load(str(tiny_target))
+    first = write_questions(lm, 3, seed=1, batch_size=16)
+    assert len(first) == 3 and len({q.casefold() for q in first}) == 3
+    assert all("\n" not in q and len(q) >= 12 for q in first)
+    assert write_questions(lm, 3, seed=1, batch_size=16) == first
+    again = write_questions(lm, 3, seed=1, batch_size=16, exclude=first[:2])
+    assert not set(first[:2]) & set(again)

@@ -64,7 +64,7 @@ class TrainConfig:
     feature_weight: float = 1.0  # EAGLE: the feature-regression loss's weight
     noise: float = 0.05  # EAGLE: std of Gaussian noise on input features, relative to their std
     prompt_weight: float = 0.3  # loss weight of positions inside the prompt (answers weigh 1)
-    labels: str = "target"  # EAGLE: "target" distils the target's distribution, "tokens" uses the next tokens
+    labels: str = "target"  # "target" distils the target's distribution, "tokens" fits the data's next tokens
     freeze_lm_head: bool = False  # keep the draft-vocabulary rows of the target's LM head as they are
     init_from: str = ""  # a trained head's folder to continue from (same method, target, shapes, draft vocabulary)
     medusa_heads: int = 4
@@ -195,18 +195,14 @@ def init_head(head: EagleHead | MedusaHead, lm: LoadedModel, vocab_ids: torch.Te
             head.norm.weight.copy_(lm.model.model.norm.weight.detach().float().cpu())
 
 
-def warm_start(
-    head: EagleHead | MedusaHead, config: HeadConfig, trained: tuple[EagleHead | MedusaHead, HeadConfig]
-) -> None:
-    """Continue from a trained head's weights: it must be of the same method, target, shapes and draft vocabulary."""
-    old, old_config = trained
-    same = replace(old_config, training={}) == replace(config, training={})  # method, target, shapes
-    if not same or not torch.equal(old.vocab_ids, head.vocab_ids):
+def check_continuable(config: HeadConfig, trained: HeadConfig) -> None:
+    """A head can be trained further only as the same method, for the same target, in the same shapes and draft
+    vocabulary size (its vocabulary itself is kept, whatever the new data's token counts)."""
+    if replace(trained, training={}) != replace(config, training={}):
         raise ValueError(
             f"--init holds a head of another method, target, shape or draft vocabulary than this training's "
             f"({config.method} for {config.target.name}, draft vocabulary {config.draft_vocab_size})"
         )
-    head.load_state_dict(old.state_dict())
 
 
 # ---- batches --------------------------------------------------------------------------------------------------
@@ -324,12 +320,19 @@ def eagle_loss(
     return total, stats
 
 
+@dataclass
+class MedusaBatch:
+    features: torch.Tensor  # [P, H] f_j
+    labels: torch.Tensor  # [P, M] head k: draft-vocabulary index of t_{j+2+k}, -100 past the end or outside it
+    weights: torch.Tensor  # [P, M] loss weight of head k at row j (0 past the end)
+    target_features: torch.Tensor | None  # [P, M] x H: f_{j+1+k}, from which the target predicts t_{j+2+k}
+
+
 def medusa_batches(
     data: HeadData, indices: list[int], to_draft: torch.Tensor, cfg: TrainConfig
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Endless random batches: features [P, H], labels [P, M] (head k: t_{j+2+k}, -100 past the end or outside the
-    draft vocabulary), weights [P, M]."""
-    rows, labels, weights = [], [], []
+) -> Iterator[MedusaBatch]:
+    """Endless random batches of positions j (every position of every sequence but the last)."""
+    rows, labels, weights, teacher = [], [], [], []
     for i in indices:
         a, length, prompt_len = (
             int(data.offsets[i]),
@@ -338,33 +341,52 @@ def medusa_batches(
         )
         for j in range(length - 1):
             rows.append(a + j)
-            lab, wt = [], []
+            lab, wt, tea = [], [], []
             for k in range(cfg.medusa_heads):
                 pos = j + 2 + k
                 lab.append(int(to_draft[data.tokens[a + pos]]) if pos < length else -100)
                 wt.append((1.0 if pos >= prompt_len else cfg.prompt_weight) if pos < length else 0.0)
+                tea.append(a + pos - 1 if pos < length else a + j)  # past the end: any real row (weight 0)
             labels.append(lab)
             weights.append(wt)
+            teacher.append(tea)
     all_rows, all_labels, all_weights = torch.tensor(rows), torch.tensor(labels), torch.tensor(weights)
+    all_teacher = torch.tensor(teacher)  # [rows, M] the hidden-state row the target predicts t_{j+2+k} from
     gen = torch.Generator().manual_seed(cfg.seed)
     while True:
         perm = torch.randperm(len(all_rows), generator=gen)
         for start in range(0, len(perm) - cfg.batch_tokens + 1, cfg.batch_tokens):
             pick = perm[start : start + cfg.batch_tokens]
-            yield data.hidden[all_rows[pick]].float(), all_labels[pick], all_weights[pick]
+            yield MedusaBatch(
+                features=data.hidden[all_rows[pick]].float(),
+                labels=all_labels[pick],
+                weights=all_weights[pick],
+                target_features=data.hidden[all_teacher[pick]].float() if cfg.labels == "target" else None,
+            )
 
 
 def medusa_loss(
-    head: MedusaHead, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    head: MedusaHead, batch: MedusaBatch, teacher_rows: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    features, labels, weights = batch
+    """Per head k (weight 0.8^k): cross-entropy of t_{j+2+k} against the target's own distribution there when
+    teacher_rows is given (self-distillation, as Medusa-2), else against the data's token. acc{k}: how often the
+    head's top token is the target's (or the data's) over answer rows."""
+    teacher = None
+    if teacher_rows is not None:
+        assert batch.target_features is not None
+        teacher = teacher_log_probs(batch.target_features, teacher_rows)  # [P, M, N]
     total = torch.zeros(())
     stats: dict[str, float] = {}
-    for k, logits in enumerate(head(features)):
-        ce = F.cross_entropy(logits, labels[:, k], reduction="none")  # [P]
-        total = total + (ce * weights[:, k]).sum() / weights[:, k].sum().clamp_min(1e-6) * 0.8**k
-        valid = (labels[:, k] != -100) & (weights[:, k] >= 1.0)
-        stats[f"acc{k}"] = float(((logits.argmax(-1) == labels[:, k]) & valid).sum()) / max(1.0, float(valid.sum()))
+    for k, logits in enumerate(head(batch.features)):  # logits [P, N]
+        w = batch.weights[:, k]  # [P]
+        if teacher is None:
+            ce = F.cross_entropy(logits, batch.labels[:, k], reduction="none")  # [P]
+            best, valid = batch.labels[:, k], (batch.labels[:, k] != -100) & (w >= 1.0)
+        else:
+            ce = -(teacher[:, k].exp() * F.log_softmax(logits, dim=-1)).sum(-1)  # [P]
+            best, valid = teacher[:, k].argmax(-1), w >= 1.0
+        total = total + (ce * w).sum() / w.sum().clamp_min(1e-6) * 0.8**k
+        stats[f"acc{k}"] = float(((logits.argmax(-1) == best) & valid).sum()) / max(1.0, float(valid.sum()))
     stats["loss"] = float(total.detach())
     return total, stats
 
@@ -442,13 +464,24 @@ def train(
     """Generate (or load) the data, train a head for cfg.minutes, report held-out acceptance, save to `out`."""
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
-    continued = load_head(Path(cfg.init_from)) if cfg.init_from else None  # before data generation: fail fast
+    identity = target_identity(lm)
+    config = HeadConfig(
+        method=cfg.method,
+        target=identity,
+        draft_vocab_size=cfg.draft_vocab if 0 < cfg.draft_vocab < identity.vocab_size else identity.vocab_size,
+        layer=layer_shape(lm) if cfg.method == "eagle" else None,
+        medusa_heads=cfg.medusa_heads if cfg.method == "medusa" else 0,
+    )
+    continued = load_head(Path(cfg.init_from)) if cfg.init_from else None
+    if continued is not None:
+        check_continuable(config, continued[1])  # before data generation (up to 40 min): fail fast
     data = load_training_data(lm, cfg)
     train_idx, held_idx = split_indices(data.num_sequences, cfg.holdout_every)
     train_data = data.subset(train_idx)
-    identity = target_identity(lm)
-    eos = list(lm.eos_token_ids)
-    vocab_ids = draft_vocabulary(train_data, cfg.draft_vocab, identity.vocab_size, eos)
+    if continued is not None:  # its draft vocabulary stays: new data must not reshuffle the rows it learned
+        vocab_ids = continued[0].vocab_ids.clone()
+    else:
+        vocab_ids = draft_vocabulary(train_data, config.draft_vocab_size, identity.vocab_size, list(lm.eos_token_ids))
     print(
         f"data: {data.num_sequences} sequences ({len(train_idx)} training, {len(held_idx)} held out), "
         f"{len(data.tokens)} tokens of which {data.generated_tokens()} generated; draft vocabulary {len(vocab_ids)} "
@@ -456,18 +489,11 @@ def train(
     )
     to_draft = torch.full((identity.vocab_size,), -100, dtype=torch.long)
     to_draft[vocab_ids] = torch.arange(len(vocab_ids))
-    config = HeadConfig(
-        method=cfg.method,
-        target=identity,
-        draft_vocab_size=len(vocab_ids),
-        layer=layer_shape(lm) if cfg.method == "eagle" else None,
-        medusa_heads=cfg.medusa_heads if cfg.method == "medusa" else 0,
-    )
     feature_std = float(train_data.hidden[: min(len(train_data.hidden), 200_000)].float().std())
     head = build_head(config)
     init_head(head, lm, vocab_ids, feature_std)
     if continued is not None:
-        warm_start(head, config, continued)
+        head.load_state_dict(continued[0].state_dict())
     embedding = lm.model.get_input_embeddings().weight.detach().float().cpu()  # [V, H]
     teacher_rows = None  # [N, H] the target's LM-head rows of the draft vocabulary (frozen), when distilling
     if cfg.labels == "target":
@@ -498,7 +524,7 @@ def train(
             loss, stats = eagle_loss(head, batch, cfg, feature_std, teacher_rows)
         else:
             assert isinstance(head, MedusaHead)
-            loss, stats = medusa_loss(head, batch)
+            loss, stats = medusa_loss(head, batch, teacher_rows)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
