@@ -24,6 +24,7 @@ from specdec.draft_service.heads.train import (
     init_head,
     layer_shape,
     replay_acceptance,
+    split_indices,
     target_identity,
     train,
 )
@@ -325,9 +326,9 @@ def test_medusa_distillation_teacher_is_the_targets_distribution_k_tokens_ahead(
 
 
 def test_training_continues_from_a_trained_head(tiny_heads: dict[str, Path], tiny_target: Path, tiny_dir: Path):
-    """--init starts from the head's weights and keeps its draft vocabulary on new data (with lr 0 everything
-    comes out unchanged, although the new data ranks other tokens first); a head of another method or draft
-    vocabulary size is refused before any data is generated."""
+    """--init starts from the head's weights on new data: the draft vocabulary is chosen on that data, the rows of
+    tokens it shares with the head's keep their trained weights (with lr 0: unchanged), new tokens start from the
+    target's LM head; a head of another method or draft vocabulary size is refused before any data is generated."""
     from specdec.draft_service.heads.data import load_data
 
     lm = load(str(tiny_target))
@@ -338,13 +339,23 @@ def test_training_continues_from_a_trained_head(tiny_heads: dict[str, Path], tin
     base = dict(minutes=5, max_steps=1, draft_vocab=64, max_new_tokens=16, gen_batch=8, holdout_every=4,
                 batch_tokens=256, window=64, prompt_files=[str(new_prompts)], data_dir=str(new_data))  # fmt: skip
     cfg = TrainConfig(method="eagle", lr=0.0, init_from=str(tiny_heads["eagle"]), **base)  # type: ignore[arg-type]
-    continued, _, _ = train(lm, cfg, tiny_dir / "eagle-continued", "test continue")
+    continued, config, _ = train(lm, cfg, tiny_dir / "eagle-continued", "test continue")
     start, _ = load_head(tiny_heads["eagle"])
     for name, value in start.state_dict().items():
-        assert torch.equal(continued.state_dict()[name], value), name
+        if name not in ("vocab_ids", "lm_head.weight"):
+            assert torch.equal(continued.state_dict()[name], value), name
     data = load_data(next(new_data.glob("*.safetensors")))
-    fresh = draft_vocabulary(data, 64, lm.vocab_size, list(lm.eos_token_ids))
-    assert not torch.equal(fresh, start.vocab_ids)  # the new data alone would have chosen another vocabulary
+    train_idx, _ = split_indices(data.num_sequences, 4)
+    fresh = draft_vocabulary(data.subset(train_idx), 64, lm.vocab_size, list(lm.eos_token_ids))
+    assert torch.equal(continued.vocab_ids, fresh)  # chosen on the new data ...
+    assert not torch.equal(fresh, start.vocab_ids)  # ... which ranks other tokens first
+    old_row = {t: i for i, t in enumerate(start.vocab_ids.tolist())}
+    target_rows = lm.model.get_output_embeddings().weight.detach().float()
+    for i, t in enumerate(fresh.tolist()):  # shared tokens keep their trained rows, new ones start as the target's
+        expected = start.lm_head.weight[old_row[t]] if t in old_row else target_rows[t]
+        assert torch.equal(continued.lm_head.weight[i], expected), t
+    kept = sum(t in old_row for t in fresh.tolist())
+    assert 0 < kept < 64 and config.training["rows_carried_over"] == kept
     empty = tiny_dir / "no-data-yet"
     fast = {**base, "data_dir": str(empty)}
     for method, vocab in (("medusa", 64), ("eagle", 32)):

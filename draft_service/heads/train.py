@@ -195,9 +195,25 @@ def init_head(head: EagleHead | MedusaHead, lm: LoadedModel, vocab_ids: torch.Te
             head.norm.weight.copy_(lm.model.model.norm.weight.detach().float().cpu())
 
 
+def continue_from(head: EagleHead | MedusaHead, trained: EagleHead | MedusaHead) -> int:
+    """Load a trained head's weights into `head`, whose draft vocabulary was chosen on this training's data: the
+    LM-head rows of tokens in both vocabularies are the trained ones, those of new tokens keep `head`'s
+    initialisation (the target's LM head). Returns how many rows were carried over."""
+    state = trained.state_dict()
+    old_row = {int(t): i for i, t in enumerate(trained.vocab_ids.tolist())}
+    pairs = [(i, old_row[t]) for i, t in enumerate(head.vocab_ids.tolist()) if t in old_row]  # (new row, old row)
+    lm_head = head.lm_head.weight.detach().clone()  # [N, H] initialised rows
+    if pairs:
+        new_rows, old_rows = (torch.tensor(x) for x in zip(*pairs, strict=True))
+        lm_head[new_rows] = state["lm_head.weight"][old_rows].to(lm_head.dtype)
+    state["lm_head.weight"], state["vocab_ids"] = lm_head, head.vocab_ids.clone()
+    head.load_state_dict(state)
+    return len(pairs)
+
+
 def check_continuable(config: HeadConfig, trained: HeadConfig) -> None:
     """A head can be trained further only as the same method, for the same target, in the same shapes and draft
-    vocabulary size (its vocabulary itself is kept, whatever the new data's token counts)."""
+    vocabulary size (the vocabulary itself is chosen anew on the new data: see `continue_from`)."""
     if replace(trained, training={}) != replace(config, training={}):
         raise ValueError(
             f"--init holds a head of another method, target, shape or draft vocabulary than this training's "
@@ -478,10 +494,7 @@ def train(
     data = load_training_data(lm, cfg)
     train_idx, held_idx = split_indices(data.num_sequences, cfg.holdout_every)
     train_data = data.subset(train_idx)
-    if continued is not None:  # its draft vocabulary stays: new data must not reshuffle the rows it learned
-        vocab_ids = continued[0].vocab_ids.clone()
-    else:
-        vocab_ids = draft_vocabulary(train_data, config.draft_vocab_size, identity.vocab_size, list(lm.eos_token_ids))
+    vocab_ids = draft_vocabulary(train_data, config.draft_vocab_size, identity.vocab_size, list(lm.eos_token_ids))
     print(
         f"data: {data.num_sequences} sequences ({len(train_idx)} training, {len(held_idx)} held out), "
         f"{len(data.tokens)} tokens of which {data.generated_tokens()} generated; draft vocabulary {len(vocab_ids)} "
@@ -492,8 +505,10 @@ def train(
     feature_std = float(train_data.hidden[: min(len(train_data.hidden), 200_000)].float().std())
     head = build_head(config)
     init_head(head, lm, vocab_ids, feature_std)
+    kept = 0
     if continued is not None:
-        head.load_state_dict(continued[0].state_dict())
+        kept = continue_from(head, continued[0])
+        print(f"continuing from {cfg.init_from}: {kept} of {len(vocab_ids)} draft-vocabulary rows carried over")
     embedding = lm.model.get_input_embeddings().weight.detach().float().cpu()  # [V, H]
     teacher_rows = None  # [N, H] the target's LM-head rows of the draft vocabulary (frozen), when distilling
     if cfg.labels == "target":
@@ -550,7 +565,7 @@ def train(
         "total_seconds": round(time.perf_counter() - started, 1),
         "final_batch": {k: round(v, 4) for k, v in stats.items()},
         "held_out": {**report.summary(), "sequences": len(replayed)},
-        **({"continued_from": continued[1].training} if continued is not None else {}),
+        **({"continued_from": continued[1].training, "rows_carried_over": kept} if continued is not None else {}),
     }
     save_head(head, config, out)
     print(f"saved {cfg.method} head to {out} ({step} steps in {train_s:.0f} s)")
