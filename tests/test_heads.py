@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 from pathlib import Path
 
 import grpc
@@ -502,3 +503,30 @@ def test_target_written_questions(tiny_target: Path) -> None:
     assert write_questions(lm, 3, seed=1, batch_size=16) == first
     again = write_questions(lm, 3, seed=1, batch_size=16, exclude=first[:2])
     assert not set(first[:2]) & set(again)
+
+
+def test_training_prompts_are_not_benchmark_prompts() -> None:
+    """The shipped training prompts never are a benchmark prompt, and the target-written chat questions are not
+    paraphrases of one either (word Jaccard < 0.5; measured max 0.33: "What is the difference between ...")."""
+    from specdec.draft_service.heads.data import load_prompt_messages, shipped_prompt_files
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z']+", text.lower())) - STOP_WORDS
+
+    root = Path(__file__).resolve().parent.parent
+    bench = [m[0]["content"] for m in load_prompt_messages(sorted((root / "bench" / "suites").glob("*.jsonl")))]
+    normal = {" ".join(b.casefold().split()) for b in bench}
+    for file in shipped_prompt_files():
+        for messages in load_prompt_messages([file]):
+            assert " ".join(messages[0]["content"].casefold().split()) not in normal, (file.name, messages)
+    written = load_prompt_messages([file for file in shipped_prompt_files() if file.name == "chat-generated.jsonl"])
+    assert len(written) >= 1000
+    bench_words = [words(b) for b in bench]
+    for messages in written:
+        w = words(messages[0]["content"])
+        closest = max(len(w & b) / max(1, len(w | b)) for b in bench_words)
+        assert closest < 0.5, messages[0]["content"]
+
+
+STOP_WORDS = {"a", "an", "the", "i", "to", "and", "of", "is", "how", "what", "can", "my", "do", "you", "in", "for",
+              "me", "it", "are", "some", "should", "that", "with", "on", "be"}  # fmt: skip

@@ -3,9 +3,12 @@
 Templated prompts ("Give me five facts about X") teach a head its templates: the shipped EAGLE head reached .44
 first-token acceptance on held-out templated prompts but .29 on the benchmark's natural questions. So the target
 continues a numbered list of example questions (few-shot, raw text, no chat template), sampled at temperature 1
-with nucleus 0.95; each continuation's first line is one question. The examples are our own, none of them a
-benchmark prompt, and each call shows a different seeded choice of five of them under a seeded subject, which
-spreads the questions over everyday life.
+with nucleus 0.95; each continuation's first line is one question. Each call shows a different seeded choice of
+five examples under a seeded subject, which spreads the questions over everyday life. The examples only shape the
+question-writing prompt and are never training prompts themselves; one of them ("What is the difference between a
+virus and a bacterium?") turned out to be a benchmark chat prompt as well, which is why the written questions are
+checked against the benchmark (tests/test_heads.py::test_training_prompts_are_not_benchmark_prompts: none equal,
+word overlap far from a paraphrase). It stays in the list so that chat-generated.jsonl can be rebuilt exactly.
 """
 
 from __future__ import annotations
