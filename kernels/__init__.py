@@ -18,6 +18,11 @@ is used from then on. An explicit `triton` (argument or environment) raises inst
 Triton runs only through its interpreter (`TRITON_INTERPRET=1`), which tests use.
 `last_backend()` tells which backend ran the calling thread's latest call.
 
+- `tree_greedy_verify(target_logits[B, N+1, V], draft_tokens[B, N], parents[B, N], num_draft[B])
+  -> (num_accepted[B], accepted_nodes[B, N], output_tokens[B, N+1])`: a token tree (parents precede children,
+  -1 = a child of the last committed token); the accepted path is the deepest chain of nodes each equal to the
+  target's argmax after its parent. Torch code only for now.
+
 The LOSSY policies (`lossy_verify`: typical, topk-agree, threshold) run as torch code only: their rules
 are a few elementwise ops on the same gathered p(d_i) values, and the step that costs (reading the final
 row) is the same as greedy's.
@@ -128,6 +133,21 @@ def rejection_sample(
     return _dispatch("rejection_sample", backend, target_probs.device, args)
 
 
+def tree_greedy_verify(
+    target_logits: torch.Tensor,  # [B, N+1, V]
+    draft_tokens: torch.Tensor,  # [B, N]
+    parents: torch.Tensor,  # [B, N] parent node per node, -1 for the root's children
+    num_draft: torch.Tensor,  # [B]
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact-match verification of a token tree. Returns num_accepted[B], accepted_nodes[B, N],
+    output_tokens[B, N+1]. Torch code only (a Triton version is not written yet)."""
+    if backend == "triton" or os.environ.get("SPECDEC_KERNELS") == "triton":
+        raise KernelUnavailable("tree verification runs as torch code only")
+    _state.backend = "torch"
+    return reference.tree_greedy_verify(target_logits, draft_tokens, parents, num_draft)
+
+
 def lossy_verify(
     target_probs: torch.Tensor,  # [B, K+1, V] p (at temperature 0: softmax of the raw logits)
     draft_tokens: torch.Tensor,  # [B, K]
@@ -162,4 +182,5 @@ __all__ = [
     "lossy_verify",
     "rejection_sample",
     "resolve_backend",
+    "tree_greedy_verify",
 ]

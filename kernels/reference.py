@@ -150,3 +150,56 @@ def commit_accepted(
     if noise is not None:
         p_at = p_at / noise[torch.arange(b, device=noise.device), num_accepted]
     return num_accepted, _assemble(draft_tokens, num_accepted, p_at.argmax(dim=1))
+
+
+def tree_greedy_verify(
+    target_logits: torch.Tensor,  # [B, N+1, V] row 0: after the last committed token; row 1+i: after node i
+    draft_tokens: torch.Tensor,  # [B, N] the tree's nodes
+    parents: torch.Tensor,  # [B, N] each node's parent node, or -1 for a child of the last committed token
+    num_draft: torch.Tensor,  # [B] nodes actually proposed per row (<= N)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact-match verification of a token tree (parents precede their children).
+
+    A node is accepted when its token equals the target's argmax after its parent and its parent is accepted
+    (the last committed token always is). The accepted path ends at the deepest accepted node (the lowest index
+    among equally deep ones); its tokens, then the target's argmax after it (recovered or bonus token), are the
+    output. A chain (parents -1, 0, 1, ...) gives exactly `greedy_verify`'s verdict.
+
+    Returns num_accepted[B] (the path's length), accepted_nodes[B, N] (the path's node indices, root side first,
+    then PAD) and output_tokens[B, N+1] (the path's tokens, the final token, then PAD)."""
+    b, n = draft_tokens.shape
+    device = draft_tokens.device
+    target_argmax = target_logits.argmax(dim=-1)  # [B, N+1]; first index on ties, as HF greedy
+    if n == 0:  # no tree: the target's own token
+        none = torch.zeros(b, dtype=torch.long, device=device)
+        return none, torch.full((b, 0), PAD, dtype=torch.long, device=device), target_argmax[:, :1]
+    valid = torch.arange(n, device=device)[None, :] < num_draft[:, None]  # [B, N]
+    parent_rows = (parents.long() + 1).clamp(min=0) * valid  # [B, N] the logits row each node is checked against
+    match = (draft_tokens.long() == target_argmax.gather(1, parent_rows)) & valid  # [B, N]
+    root = torch.ones(b, 1, dtype=torch.bool, device=device)
+    accepted = match
+    depth = torch.ones(b, n, dtype=torch.long, device=device)  # [B, N] 1 for the root's children
+    for _ in range(n):  # parents precede children: n rounds reach every depth
+        accepted = match & torch.cat([root, accepted], dim=1).gather(1, parent_rows)
+        depth = torch.cat([torch.zeros_like(depth[:, :1]), depth], dim=1).gather(1, parent_rows) + 1
+    # deepest accepted node, lowest index first among equals; -1 (the root) when none is accepted
+    rank = torch.where(accepted, depth * (n + 1) - torch.arange(n, device=device), -1)  # [B, N]
+    best = rank.argmax(dim=1)  # [B]
+    any_accepted = accepted.any(dim=1)  # [B]
+    end = torch.where(any_accepted, best, -1)  # [B] node index, -1 = root
+    num_accepted = torch.where(any_accepted, depth.gather(1, best[:, None]).squeeze(1), 0)  # [B]
+    nodes = torch.full((b, n), PAD, dtype=torch.long, device=device)  # [B, N]
+    tokens = torch.full((b, n + 1), PAD, dtype=torch.long, device=device)  # [B, N+1]
+    rows = torch.arange(b, device=device)
+    tokens[rows, num_accepted] = target_argmax.gather(1, (end + 1)[:, None]).squeeze(1)
+    node, slot = end.clone(), num_accepted - 1  # walk from the path's end to the root
+    for _ in range(n):
+        live = node >= 0
+        if not bool(live.any()):
+            break
+        at = torch.where(live, slot, 0)
+        nodes[rows[live], at[live]] = node[live]
+        tokens[rows[live], at[live]] = draft_tokens.long()[rows[live], node[live]]
+        node = torch.where(live, parents.long().gather(1, node.clamp(min=0)[:, None]).squeeze(1), -1)
+        slot = slot - 1
+    return num_accepted, nodes, tokens

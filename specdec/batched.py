@@ -10,6 +10,10 @@ Supported: decoder-only models of the Llama family (llama, mistral without slidi
 rotary embeddings, grouped-query attention, gated MLP). `supports_batching(model)` says whether a model qualifies;
 `extend_many` falls back to one forward per session otherwise, so callers never need two code paths.
 
+Token trees (`ExtendJob.parents`): a session's new tokens may form a tree instead of a chain (tree verification):
+each token sits at position cached + depth and attends to the cached prefix and its own ancestors only. The cache
+stores them in feeding order; after the verdict the caller moves the accepted path into place (`compact`).
+
 Numerics: the shared matrix products have more rows than a single session's, which can change float rounding in
 the last bits; greedy identity therefore holds up to near-ties, as for any batch size change.
 """
@@ -38,6 +42,30 @@ class ExtendJob:
     token_ids: list[int]
     keep_logits: int = 1
     want_hidden: bool = False
+    parents: Sequence[int] | None = None  # a tree: each token's parent index in token_ids (-1: none); None: chain
+
+
+@dataclass(frozen=True)
+class TreeLayout:
+    """Where the tokens of a tree sit and what each may see (`tree_layout`)."""
+
+    depths: list[int]  # [T] each token's distance from the first fed token (its position offset)
+    ancestors: torch.Tensor  # [T, T] bool: [i, j] = token j is token i or one of its ancestors
+
+
+def tree_layout(parents: Sequence[int], device: torch.device | None = None) -> TreeLayout:
+    """Depths and the ancestor-or-self matrix of a tree given parent indices (each < its own index, or -1)."""
+    t = len(parents)
+    rows = [[False] * t for _ in range(t)]
+    depths = [0] * t
+    for i, parent in enumerate(parents):
+        if not -1 <= parent < i:
+            raise ValueError(f"tree token {i} has parent {parent}; a parent must come before its child (or be -1)")
+        if parent >= 0:
+            rows[i] = list(rows[parent])
+            depths[i] = depths[parent] + 1
+        rows[i][i] = True
+    return TreeLayout(depths, torch.tensor(rows, dtype=torch.bool, device=device).reshape(t, t))
 
 
 def supports_batching(model: Any) -> bool:
@@ -56,8 +84,12 @@ def supports_batching(model: Any) -> bool:
 
 
 def extend_many(model: Any, jobs: Sequence[ExtendJob]) -> list[ForwardOutput]:
-    """Every job's forward output, from one batched pass when the model supports it (and there are >= 2)."""
-    if len(jobs) < 2 or not supports_batching(model):
+    """Every job's forward output, from one batched pass when the model supports it (and there are >= 2, or a
+    job is a tree: only this forward lays trees out)."""
+    trees = any(job.parents is not None for job in jobs)
+    if trees and not supports_batching(model):
+        raise ValueError("token trees need a Llama-family model (specdec.batched.supports_batching)")
+    if (len(jobs) < 2 and not trees) or not supports_batching(model):
         return [job.seq.extend(job.token_ids, job.keep_logits, job.want_hidden) for job in jobs]
     return _ragged_forward(model, jobs)
 
@@ -69,17 +101,22 @@ def _ragged_forward(model: Any, jobs: Sequence[ExtendJob]) -> list[ForwardOutput
     offsets = [len(job.seq.tokens) for job in jobs]  # L_i cached tokens per session
     starts = _offsets_of(lengths)  # where each session's tokens start in the ragged sequence
     ids = torch.tensor([[t for job in jobs for t in job.token_ids]], dtype=torch.long, device=device)  # [1, N]
+    trees = [None if job.parents is None else tree_layout(job.parents, device) for job in jobs]
+    steps = [range(length) if tree is None else tree.depths for length, tree in zip(lengths, trees, strict=True)]
     positions = torch.tensor(
-        [[offset + j for offset, length in zip(offsets, lengths, strict=True) for j in range(length)]], device=device
-    )  # [1, N] each token's position in its own sequence
+        [[offset + j for offset, depths in zip(offsets, steps, strict=True) for j in depths]], device=device
+    )  # [1, N] each token's position in its own sequence (a tree token's: cached length + depth)
     pool = _shared_pool(jobs)
     attend: Attend
     if pool is not None:  # every session on a slot of one static pool: one padded attention call for all
         slots = [job.seq.slot for job in jobs]  # type: ignore[attr-defined]  # StaticSequences, as _shared_pool saw
-        plan = pool.plan_ragged(slots, offsets, lengths)
+        plan = pool.plan_ragged(slots, offsets, lengths, [None if t is None else t.ancestors for t in trees])
         attend = functools.partial(pool.attend_ragged, plan=plan)
     else:
-        masks = [_causal_mask(length, offset, device) for length, offset in zip(lengths, offsets, strict=True)]
+        masks = [
+            _causal_mask(length, offset, device) if tree is None else _tree_mask(tree.ancestors, offset)
+            for length, offset, tree in zip(lengths, offsets, trees, strict=True)
+        ]
         attend = functools.partial(_attend_each, jobs=jobs, starts=starts, masks=masks)
 
     hidden = inner.embed_tokens(ids)  # [1, N, H]
@@ -169,6 +206,12 @@ def _causal_mask(length: int, offset: int, device: torch.device) -> torch.Tensor
     cached = torch.ones(length, offset, dtype=torch.bool, device=device)
     new = torch.ones(length, length, dtype=torch.bool, device=device).tril()
     return torch.cat([cached, new], dim=1)
+
+
+def _tree_mask(ancestors: torch.Tensor, offset: int) -> torch.Tensor:
+    """[T, L+T] bool: tree token i sees the L cached positions, itself and its ancestors."""
+    cached = torch.ones(ancestors.shape[0], offset, dtype=torch.bool, device=ancestors.device)
+    return torch.cat([cached, ancestors], dim=1)
 
 
 def _rotary(attn: Any) -> Any:

@@ -59,6 +59,18 @@ class CachedSequence:
         self.cache = DynamicCache()
         self.tokens.clear()
 
+    def compact(self, start: int, sources: Sequence[int]) -> None:
+        """Keep cached positions < start, then the entries at positions `sources` (a tree's accepted path, fed in
+        tree order) moved to start, start+1, ...; drop the rest."""
+        for layer in self.cache.layers:
+            if not getattr(layer, "is_initialized", True):
+                continue
+            for name in ("keys", "values"):
+                rows = getattr(layer, name)  # [1, Hkv, L, d]
+                index = torch.tensor(list(sources), dtype=torch.long, device=rows.device)  # [A]
+                setattr(layer, name, torch.cat([rows[:, :, :start], rows.index_select(2, index)], dim=2))
+        self.tokens[start:] = [self.tokens[i] for i in sources]
+
     def pending(self, committed: Sequence[int]) -> list[int]:
         """Roll back to the part of the cache that agrees with `committed` (keeping at least the last
         committed token uncached, so its next-token logits can be computed) and return the uncached tail."""

@@ -248,11 +248,17 @@ class GraphRunner:
             raise ValueError(f"slot {slot} released twice")
         self._free.append(slot)  # its graphs stay: the next owner replays them (stale entries are masked)
 
-    def plan_ragged(self, slots: Sequence[int], offsets: Sequence[int], lengths: Sequence[int]) -> RaggedPlan:
+    def plan_ragged(
+        self,
+        slots: Sequence[int],
+        offsets: Sequence[int],
+        lengths: Sequence[int],
+        trees: Sequence[torch.Tensor | None] = (),  # per session: None (a chain) or its ancestors [T, T] bool
+    ) -> RaggedPlan:
         """What every layer of one ragged batched forward needs to attend for sessions on these slots (`offsets`:
         positions already cached; `lengths`: new tokens), computed once per forward: where each new token goes, the
-        padded layout of the queries and the per-session causal mask. Zeroes never-written positions up to the
-        longest session's end (a masked position must not hold NaN: 0 * NaN)."""
+        padded layout of the queries and the per-session causal mask (a tree's: cached prefix + ancestors). Zeroes
+        never-written positions up to the longest session's end (a masked position must not hold NaN: 0 * NaN)."""
         b, device = len(slots), self.device
         live = max(offset + t for offset, t in zip(offsets, lengths, strict=True))  # Lmax
         if live > self.max_len:
@@ -266,6 +272,11 @@ class GraphRunner:
         limit = torch.tensor(offsets, device=device)[:, None] + steps  # [B, Tmax]
         limit = torch.where(steps < torch.tensor(lengths, device=device)[:, None], limit, 0)
         consecutive = list(slots) == list(range(slots[0], slots[0] + b))  # read the pool as a view
+        mask = torch.arange(live, device=device)[None, None, :] <= limit[:, :, None]  # [B, Tmax, Lmax]
+        for row, ancestors in enumerate(trees):
+            if ancestors is not None:  # new tokens stored in feeding order; each sees its ancestors among them
+                t, offset = len(ancestors), offsets[row]
+                mask[row, :t, offset : offset + t] = ancestors
         return RaggedPlan(
             session_of=session_of,
             step_of=step_of,
@@ -274,7 +285,7 @@ class GraphRunner:
             rows=slice(slots[0], slots[0] + b) if consecutive else torch.tensor(slots, device=device),
             live=live,
             t_max=t_max,
-            mask=(torch.arange(live, device=device)[None, None, :] <= limit[:, :, None])[:, None],
+            mask=mask[:, None],
         )
 
     def attend_ragged(
@@ -412,6 +423,15 @@ class StaticSequence:
 
     def reset(self) -> None:
         self.tokens.clear()
+
+    def compact(self, start: int, sources: Sequence[int]) -> None:
+        """Keep cached positions < start, then the entries at positions `sources` (a tree's accepted path, fed in
+        tree order) moved to start, start+1, ...; drop the rest."""
+        index = torch.tensor(list(sources), dtype=torch.long, device=self.runner.device)  # [A]
+        for pool in (*self.runner.keys, *self.runner.values):
+            rows = pool[self.slot]  # [Hkv, max_len, d]
+            rows[:, start : start + len(index)] = rows.index_select(1, index)  # a copy first: sources may overlap
+        self.tokens[start:] = [self.tokens[i] for i in sources]
 
     def pending(self, committed: Sequence[int]) -> list[int]:
         """As `CachedSequence.pending`: roll back to what agrees with `committed`, keep its last token uncached."""
