@@ -26,6 +26,7 @@ class VerifyRequest:
     draft_tokens: list[int]
     draft_probs: torch.Tensor | None
     future: asyncio.Future[Any]
+    parents: list[int] | None = None  # a token tree (VerifyBlock.draft_parents); None: a chain
 
 
 class VerifyBatcher:
@@ -53,9 +54,12 @@ class VerifyBatcher:
         self.batched_requests = 0
         self.largest_batch = 0
 
-    async def verify(self, session: Any, position: int, tokens: list[int], probs: torch.Tensor | None) -> Any:
+    async def verify(
+        self, session: Any, position: int, tokens: list[int], probs: torch.Tensor | None,
+        parents: list[int] | None = None,
+    ) -> Any:  # fmt: skip
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(VerifyRequest(session, position, tokens, probs, future))
+        self._queue.append(VerifyRequest(session, position, tokens, probs, future, parents))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain())
         # A caller cancelled while its request waits here cancels the future: the drainer skips it, so it never

@@ -3,6 +3,10 @@
 Invariant between verdicts: the session's KV cache covers committed positions only, and at least the last
 committed token is uncached, so a verify pass feeds [uncached committed tail, d_1 .. d_K] and reads the
 K+1 next-token distributions for positions n .. n+K.
+
+Token trees (greedy exact policy only): the K draft tokens form a tree below the last committed token (each with a
+parent index); the pass feeds them in tree order with an ancestor mask, the tree kernel picks the accepted path,
+and `compact` moves the path's cache entries to positions n .. before the rest is dropped.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class VerifyOutcome:
     logprobs: list[float]
     hidden_start: int = 0
     hidden: torch.Tensor | None = None  # [positions, H] for committed positions hidden_start ..
+    accepted_nodes: list[int] = field(default_factory=list)  # tree blocks: the accepted path's node indices
 
 
 @dataclass
@@ -71,6 +76,7 @@ class PendingBlock:
     draft_probs: torch.Tensor | None
     num_pending: int  # uncached committed tokens fed before the drafts
     job: ExtendJob
+    parents: list[int] | None = None  # a token tree: each draft token's parent (-1: the last committed token)
 
 
 class VerifierSession:
@@ -114,30 +120,66 @@ class VerifierSession:
                 self.unsent_hidden = out.hidden.float().cpu()
         return (time.perf_counter() - start) * 1e3
 
-    def verify(self, position: int, draft_tokens: list[int], draft_probs: torch.Tensor | None) -> VerifyOutcome:
+    def verify(
+        self,
+        position: int,
+        draft_tokens: list[int],
+        draft_probs: torch.Tensor | None,
+        parents: list[int] | None = None,
+    ) -> VerifyOutcome:
         """Verify draft_tokens (for positions position ..) in one forward pass and commit the verdict.
 
-        draft_probs: q as [K, V] float32, or None for one-hot q (deterministic drafts).
+        draft_probs: q as [K, V] float32, or None for one-hot q (deterministic drafts). parents: a token tree
+        (see the module docstring); None: a chain.
         """
-        block = self.begin_verify(position, draft_tokens, draft_probs)
+        block = self.begin_verify(position, draft_tokens, draft_probs, parents)
         start = time.perf_counter()
-        out = self.kv.extend(block.job.token_ids, block.job.keep_logits, block.job.want_hidden)
+        out = extend_many(self.lm.model, [block.job])[0]  # the job's own forward (a tree's too)
         return self.finish_verify(block, out, (time.perf_counter() - start) * 1e3)
 
-    def begin_verify(self, position: int, draft_tokens: list[int], draft_probs: torch.Tensor | None) -> PendingBlock:
+    def begin_verify(
+        self,
+        position: int,
+        draft_tokens: list[int],
+        draft_probs: torch.Tensor | None,
+        parents: list[int] | None = None,
+    ) -> PendingBlock:
         """Check a block and say what to run through the model: [uncached committed tail, d_1 .. d_K]."""
         if self.closed:
             raise FailedPrecondition("the session is closed")
         self._check_block(position, draft_tokens, draft_probs)
+        if parents is not None:
+            self._check_tree(draft_tokens, parents)
         self._make_room(len(self.committed) + len(draft_tokens))  # the block's last input is at committed + K - 1
         pending = self.kv.pending(self.committed)  # uncached committed tail, >= 1 token
         want_hidden = self.options.return_hidden_states
         # ExtendJob is typed for CachedSequence; a StaticSequence has the same interface (its `cache` takes the
         # ragged batched forward's updates)
+        fed_parents = None
+        if parents is not None:  # the pending tail is a chain; the tree hangs below its last token
+            p = len(pending)
+            fed_parents = [*range(-1, p - 1), *(p + parent if parent >= 0 else p - 1 for parent in parents)]
         job = ExtendJob(
-            cast(Any, self.kv), pending + draft_tokens, keep_logits=len(draft_tokens) + 1, want_hidden=want_hidden
+            cast(Any, self.kv), pending + draft_tokens, len(draft_tokens) + 1, want_hidden, parents=fed_parents
         )
-        return PendingBlock(self, position, draft_tokens, draft_probs, len(pending), job)
+        return PendingBlock(self, position, draft_tokens, draft_probs, len(pending), job, parents)
+
+    def _check_tree(self, tokens: list[int], parents: list[int]) -> None:
+        if len(parents) != len(tokens):
+            raise InvalidArgument(f"draft_parents has {len(parents)} entries for {len(tokens)} draft tokens")
+        bad = [i for i, parent in enumerate(parents) if not -1 <= parent < i]
+        if bad:
+            raise InvalidArgument(
+                f"draft_parents[{bad[0]}] is {parents[bad[0]]}; a parent must be -1 or an earlier draft token"
+            )
+        if not self.greedy_exact:
+            raise FailedPrecondition(
+                f"token trees are verified greedily only (policy exact at temperature 0); this session uses "
+                f"{self.policy!r} at temperature {self.options.sampling.temperature}"
+            )
+        if not supports_batching(self.lm.model):
+            raise FailedPrecondition(f"token trees need a Llama-family target (llama, mistral, qwen2); the target "
+                                     f"is {self.lm.name}")  # fmt: skip
 
     def _make_room(self, length: int) -> None:
         """Before a forward that makes the cache cover `length` tokens: a static slot too short for them is given
@@ -156,41 +198,56 @@ class VerifierSession:
     ) -> VerifyOutcome:
         """Accept (unless `accepted` was computed for a whole batch already), commit and roll back."""
         position, draft_tokens, k = block.position, block.draft_tokens, len(block.draft_tokens)
-        block_logits = out.logits  # [K+1, V] distributions for positions n .. n+K
+        block_logits = out.logits  # [K+1, V] row 0: after the last committed token; row 1+i: after draft i
         accept_start = time.perf_counter()
-        num_accepted, final_token = accepted or self._accept(block_logits, draft_tokens, block.draft_probs)
-        committed_now = [*draft_tokens[:num_accepted], final_token]
+        if block.parents is not None:
+            path, final_token = self._accept_tree(block_logits, draft_tokens, block.parents)
+            num_accepted = len(path)
+        else:
+            num_accepted, final_token = accepted or self._accept(block_logits, draft_tokens, block.draft_probs)
+            path = list(range(num_accepted))
+        committed_now = [*(draft_tokens[i] for i in path), final_token]
         accept_ms = (time.perf_counter() - accept_start) * 1e3
 
         first_uncached = len(self.kv.tokens) - block.num_pending - k  # position of pending[0]
         self.committed.extend(committed_now)
-        self.kv.rollback(position + num_accepted)  # rejected positions never survive a verdict
-        logprobs = self._logprobs(block_logits[: num_accepted + 1], committed_now)
+        if block.parents is not None:  # the path's entries move to positions position ..; the rest is dropped
+            self.kv.compact(position, [position + i for i in path])
+        else:
+            self.kv.rollback(position + num_accepted)  # rejected positions never survive a verdict
+        logprobs = self._logprobs(block_logits[[0, *(1 + i for i in path)]], committed_now)
         hidden, hidden_start = None, first_uncached
         if out.hidden is not None:  # rows for the committed inputs: pending + accepted drafts
-            hidden = out.hidden[: block.num_pending + num_accepted].float().cpu()
+            rows = [*range(block.num_pending), *(block.num_pending + i for i in path)]
+            hidden = out.hidden[rows].float().cpu()
             if self.unsent_hidden is not None and len(self.unsent_hidden) == first_uncached:
                 hidden, hidden_start = torch.cat([self.unsent_hidden, hidden]), 0  # the prompt's rows come first
             self.unsent_hidden = None
-        outcomes = [ACCEPTED] * num_accepted
-        if num_accepted < k:
-            outcomes += [REJECTED] + [SKIPPED] * (k - num_accepted - 1)
+        if block.parents is not None:
+            outcomes, bonus = tree_outcomes(block.parents, path)
+        else:
+            outcomes = [ACCEPTED] * num_accepted
+            if num_accepted < k:
+                outcomes += [REJECTED] + [SKIPPED] * (k - num_accepted - 1)
+            bonus = num_accepted == k
         return VerifyOutcome(
             num_accepted=num_accepted,
             token_ids=committed_now,
             outcomes=outcomes,
-            bonus=num_accepted == k,
+            bonus=bonus,
             committed_length=len(self.committed),
             forward_ms=forward_ms,
             accept_ms=accept_ms,
             logprobs=logprobs,
             hidden_start=hidden_start,
             hidden=hidden,
+            accepted_nodes=path if block.parents is not None else [],
         )
 
     @property
     def greedy_exact(self) -> bool:
-        """Acceptance is the target's argmax: sessions like this share one batched greedy_verify call."""
+        """Acceptance is the target's argmax: sessions like this share one batched greedy_verify call (chains), and
+        only they may send token trees."""
         return self.policy == "exact" and self.options.sampling.greedy
 
     def _accept(
@@ -217,6 +274,18 @@ class VerifierSession:
             accepted, output = kernels.rejection_sample(p[None], q, tokens, num_draft, uniforms[None], noise[None])
         a = int(accepted[0])
         return a, int(output[0, a])
+
+    def _accept_tree(
+        self, block_logits: torch.Tensor, draft_tokens: list[int], parents: list[int]
+    ) -> tuple[list[int], int]:
+        """The tree kernel with B = 1. Returns (the accepted path's node indices, final token)."""
+        device = block_logits.device
+        k = len(draft_tokens)
+        tokens = torch.tensor([draft_tokens], dtype=torch.long, device=device).reshape(1, k)  # [1, K]
+        tree = torch.tensor([parents], dtype=torch.long, device=device).reshape(1, k)  # [1, K]
+        accepted, nodes, output = kernels.tree_greedy_verify(block_logits[None], tokens, tree, torch.tensor([k]))
+        a = int(accepted[0])
+        return [int(i) for i in nodes[0, :a]], int(output[0, a])
 
     def _randoms(self, k: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """uniforms[K] and noise[K+1, V] for the block starting at the committed length."""
@@ -251,6 +320,16 @@ class VerifierSession:
             q_of_draft = probs[torch.arange(len(tokens)), torch.tensor(tokens)]
             if bool((q_of_draft <= 0).any()):
                 raise InvalidArgument("draft_probs give probability 0 to a drafted token")
+
+
+def tree_outcomes(parents: Sequence[int], path: Sequence[int]) -> tuple[list[str], bool]:
+    """Per draft token of a tree: accepted on the path, rejected when a child of the path's end (or of the root
+    when nothing was accepted), else skipped; and whether the final token is a bonus (nothing was rejected)."""
+    end = path[-1] if path else -1
+    on_path = set(path)
+    outcomes = [ACCEPTED if i in on_path else REJECTED if parent == end else SKIPPED for i, parent in
+                enumerate(parents)]  # fmt: skip
+    return outcomes, REJECTED not in outcomes
 
 
 def check_block_size(num_tokens: int) -> None:
@@ -380,7 +459,7 @@ class VerifierCore:
         for i, request in enumerate(requests):
             try:
                 blocks.append((i, request.session.begin_verify(request.position, request.draft_tokens,
-                                                               request.draft_probs)))  # fmt: skip
+                                                               request.draft_probs, request.parents)))  # fmt: skip
             except Exception as exc:
                 results[i] = exc
         start = time.perf_counter()
@@ -407,7 +486,9 @@ class VerifierCore:
         launch; batching slots into one graph is not done yet) and the others as one ragged batch; without graphs,
         static and dynamic sessions alike go into the ragged batch (`extend_many`)."""
         graphed = self.graphs is not None and self.graphs.capture is not None
-        alone = {i for i, job in enumerate(jobs) if graphed and isinstance(job.seq, StaticSequence)}
+        # (tree jobs always go into the ragged batch: only it lays trees out)
+        alone = {i for i, job in enumerate(jobs) if graphed and isinstance(job.seq, StaticSequence) and
+                 job.parents is None}  # fmt: skip
         batched = [i for i in range(len(jobs)) if i not in alone]
         outs = dict(zip(batched, extend_many(self.lm.model, [jobs[i] for i in batched]), strict=True))
         for i in alone:
@@ -421,7 +502,8 @@ class VerifierCore:
         results: list[VerifyOutcome | Exception] = []
         for request in requests:
             try:
-                results.append(request.session.verify(request.position, request.draft_tokens, request.draft_probs))
+                results.append(request.session.verify(request.position, request.draft_tokens, request.draft_probs,
+                                                      request.parents))  # fmt: skip
             except Exception as exc:
                 request.session.kv.reset()
                 results.append(exc)
@@ -433,7 +515,7 @@ def batched_greedy_accept(
 ) -> list[tuple[int, int] | None]:
     """(num_accepted, final token) for every greedy exact-policy block from one `greedy_verify` call over the
     batch (ragged K padded); None for the others, which accept on their own."""
-    greedy = [i for i, block in enumerate(blocks) if block.session.greedy_exact]
+    greedy = [i for i, block in enumerate(blocks) if block.session.greedy_exact and block.parents is None]
     verdicts: list[tuple[int, int] | None] = [None] * len(blocks)
     if len(greedy) < 2:
         return verdicts  # a lone block accepts on its own, through the same kernel with B = 1

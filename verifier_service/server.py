@@ -65,6 +65,7 @@ def verdict_to_pb(step: int, position: int, v: VerifyOutcome) -> verifier_pb2.Ve
         forward_ms=v.forward_ms,
         accept_ms=v.accept_ms,
         logprobs=v.logprobs,
+        accepted_nodes=v.accepted_nodes,
     )
     if v.hidden is not None:
         msg.hidden_states.CopyFrom(hidden_to_pb(v.hidden_start, v.hidden))
@@ -184,7 +185,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                     check_block_size(len(tokens))  # before decoding its probabilities
                     probs = decode_distributions(list(block.draft_probs), len(tokens), core.lm.vocab_size)
                     with tracing.child_span(self.tracer, span, "verify", _block_attributes(block, tokens)) as s:
-                        outcome = await self.batcher.verify(session, block.position, tokens, probs)
+                        parents = list(block.draft_parents) or None
+                        outcome = await self.batcher.verify(session, block.position, tokens, probs, parents)
                         if s.is_recording():
                             s.set_attributes(_outcome_attributes(outcome))
                     self.metrics.observe_forward("verify", outcome.forward_ms)

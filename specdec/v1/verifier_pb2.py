@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from specdec.v1 import common_pb2 as specdec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19specdec/v1/verifier.proto\x12\nspecdec.v1\x1a\x17specdec/v1/common.proto\"u\n\x0fVerifierRequest\x12/\n\x04open\x18\x01 \x01(\x0b\x32\x1f.specdec.v1.OpenVerifierSessionH\x00\x12)\n\x06verify\x18\x02 \x01(\x0b\x32\x17.specdec.v1.VerifyBlockH\x00\x42\x06\n\x04kind\"\xe9\x01\n\x13OpenVerifierSession\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12,\n\x08sampling\x18\x02 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12/\n\rpolicy_params\x18\x07 \x01(\x0b\x32\x18.specdec.v1.PolicyParams\x12\x17\n\x0freturn_logprobs\x18\x04 \x01(\x08\x12\x1c\n\x14return_hidden_states\x18\x05 \x01(\x08\x12\x12\n\nsession_id\x18\x06 \x01(\t\"z\n\x0bVerifyBlock\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x17\n\x0f\x64raft_token_ids\x18\x03 \x03(\r\x12\x32\n\x0b\x64raft_probs\x18\x04 \x03(\x0b\x32\x1d.specdec.v1.TokenDistribution\"w\n\x10VerifierResponse\x12\x33\n\x06opened\x18\x01 \x01(\x0b\x32!.specdec.v1.VerifierSessionOpenedH\x00\x12&\n\x07verdict\x18\x02 \x01(\x0b\x32\x13.specdec.v1.VerdictH\x00\x42\x06\n\x04kind\"U\n\x15VerifierSessionOpened\x12\x18\n\x10\x63ommitted_length\x18\x01 \x01(\x04\x12\x12\n\nprefill_ms\x18\x02 \x01(\x01\x12\x0e\n\x06policy\x18\x03 \x01(\t\"\x91\x02\n\x07Verdict\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x14\n\x0cnum_accepted\x18\x03 \x01(\r\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12*\n\x08outcomes\x18\x05 \x03(\x0e\x32\x18.specdec.v1.DraftOutcome\x12\r\n\x05\x62onus\x18\x06 \x01(\x08\x12\x18\n\x10\x63ommitted_length\x18\x07 \x01(\x04\x12\x12\n\nforward_ms\x18\x08 \x01(\x01\x12\x11\n\taccept_ms\x18\t \x01(\x01\x12\x10\n\x08logprobs\x18\n \x03(\x02\x12/\n\rhidden_states\x18\x0b \x01(\x0b\x32\x18.specdec.v1.HiddenStates\"0\n\x13GetModelInfoRequest\x12\x19\n\x11include_tokenizer\x18\x01 \x01(\x08\"\xc0\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x19\n\x11vocab_fingerprint\x18\x03 \x01(\t\x12\x15\n\reos_token_ids\x18\x04 \x03(\r\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\x42\n\x0ftokenizer_files\x18\x08 \x03(\x0b\x32).specdec.v1.ModelInfo.TokenizerFilesEntry\x12\x13\n\x0bhidden_size\x18\t \x01(\r\x12\x1b\n\x13weights_fingerprint\x18\n \x01(\t\x1a\x35\n\x13TokenizerFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01*\x80\x01\n\x0c\x44raftOutcome\x12\x1d\n\x19\x44RAFT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44RAFT_OUTCOME_ACCEPTED\x10\x01\x12\x1a\n\x16\x44RAFT_OUTCOME_REJECTED\x10\x02\x12\x19\n\x15\x44RAFT_OUTCOME_SKIPPED\x10\x03\x32\xdf\x01\n\x08Verifier\x12H\n\x07Session\x12\x1b.specdec.v1.VerifierRequest\x1a\x1c.specdec.v1.VerifierResponse(\x01\x30\x01\x12\x46\n\x0cGetModelInfo\x12\x1f.specdec.v1.GetModelInfoRequest\x1a\x15.specdec.v1.ModelInfo\x12\x41\n\x08GetUsage\x12\x1b.specdec.v1.GetUsageRequest\x1a\x18.specdec.v1.ServiceUsageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19specdec/v1/verifier.proto\x12\nspecdec.v1\x1a\x17specdec/v1/common.proto\"u\n\x0fVerifierRequest\x12/\n\x04open\x18\x01 \x01(\x0b\x32\x1f.specdec.v1.OpenVerifierSessionH\x00\x12)\n\x06verify\x18\x02 \x01(\x0b\x32\x17.specdec.v1.VerifyBlockH\x00\x42\x06\n\x04kind\"\xe9\x01\n\x13OpenVerifierSession\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12,\n\x08sampling\x18\x02 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12/\n\rpolicy_params\x18\x07 \x01(\x0b\x32\x18.specdec.v1.PolicyParams\x12\x17\n\x0freturn_logprobs\x18\x04 \x01(\x08\x12\x1c\n\x14return_hidden_states\x18\x05 \x01(\x08\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\x91\x01\n\x0bVerifyBlock\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x17\n\x0f\x64raft_token_ids\x18\x03 \x03(\r\x12\x32\n\x0b\x64raft_probs\x18\x04 \x03(\x0b\x32\x1d.specdec.v1.TokenDistribution\x12\x15\n\rdraft_parents\x18\x05 \x03(\x05\"w\n\x10VerifierResponse\x12\x33\n\x06opened\x18\x01 \x01(\x0b\x32!.specdec.v1.VerifierSessionOpenedH\x00\x12&\n\x07verdict\x18\x02 \x01(\x0b\x32\x13.specdec.v1.VerdictH\x00\x42\x06\n\x04kind\"U\n\x15VerifierSessionOpened\x12\x18\n\x10\x63ommitted_length\x18\x01 \x01(\x04\x12\x12\n\nprefill_ms\x18\x02 \x01(\x01\x12\x0e\n\x06policy\x18\x03 \x01(\t\"\xa9\x02\n\x07Verdict\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x14\n\x0cnum_accepted\x18\x03 \x01(\r\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12*\n\x08outcomes\x18\x05 \x03(\x0e\x32\x18.specdec.v1.DraftOutcome\x12\r\n\x05\x62onus\x18\x06 \x01(\x08\x12\x18\n\x10\x63ommitted_length\x18\x07 \x01(\x04\x12\x12\n\nforward_ms\x18\x08 \x01(\x01\x12\x11\n\taccept_ms\x18\t \x01(\x01\x12\x10\n\x08logprobs\x18\n \x03(\x02\x12/\n\rhidden_states\x18\x0b \x01(\x0b\x32\x18.specdec.v1.HiddenStates\x12\x16\n\x0e\x61\x63\x63\x65pted_nodes\x18\x0c \x03(\r\"0\n\x13GetModelInfoRequest\x12\x19\n\x11include_tokenizer\x18\x01 \x01(\x08\"\xc0\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x19\n\x11vocab_fingerprint\x18\x03 \x01(\t\x12\x15\n\reos_token_ids\x18\x04 \x03(\r\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\x42\n\x0ftokenizer_files\x18\x08 \x03(\x0b\x32).specdec.v1.ModelInfo.TokenizerFilesEntry\x12\x13\n\x0bhidden_size\x18\t \x01(\r\x12\x1b\n\x13weights_fingerprint\x18\n \x01(\t\x1a\x35\n\x13TokenizerFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01*\x80\x01\n\x0c\x44raftOutcome\x12\x1d\n\x19\x44RAFT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44RAFT_OUTCOME_ACCEPTED\x10\x01\x12\x1a\n\x16\x44RAFT_OUTCOME_REJECTED\x10\x02\x12\x19\n\x15\x44RAFT_OUTCOME_SKIPPED\x10\x03\x32\xdf\x01\n\x08Verifier\x12H\n\x07Session\x12\x1b.specdec.v1.VerifierRequest\x1a\x1c.specdec.v1.VerifierResponse(\x01\x30\x01\x12\x46\n\x0cGetModelInfo\x12\x1f.specdec.v1.GetModelInfoRequest\x1a\x15.specdec.v1.ModelInfo\x12\x41\n\x08GetUsage\x12\x1b.specdec.v1.GetUsageRequest\x1a\x18.specdec.v1.ServiceUsageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,26 +34,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_TOKENIZERFILESENTRY']._loaded_options = None
   _globals['_MODELINFO_TOKENIZERFILESENTRY']._serialized_options = b'8\001'
-  _globals['_DRAFTOUTCOME']._serialized_start=1403
-  _globals['_DRAFTOUTCOME']._serialized_end=1531
+  _globals['_DRAFTOUTCOME']._serialized_start=1451
+  _globals['_DRAFTOUTCOME']._serialized_end=1579
   _globals['_VERIFIERREQUEST']._serialized_start=66
   _globals['_VERIFIERREQUEST']._serialized_end=183
   _globals['_OPENVERIFIERSESSION']._serialized_start=186
   _globals['_OPENVERIFIERSESSION']._serialized_end=419
-  _globals['_VERIFYBLOCK']._serialized_start=421
-  _globals['_VERIFYBLOCK']._serialized_end=543
-  _globals['_VERIFIERRESPONSE']._serialized_start=545
-  _globals['_VERIFIERRESPONSE']._serialized_end=664
-  _globals['_VERIFIERSESSIONOPENED']._serialized_start=666
-  _globals['_VERIFIERSESSIONOPENED']._serialized_end=751
-  _globals['_VERDICT']._serialized_start=754
-  _globals['_VERDICT']._serialized_end=1027
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1029
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1077
-  _globals['_MODELINFO']._serialized_start=1080
-  _globals['_MODELINFO']._serialized_end=1400
-  _globals['_MODELINFO_TOKENIZERFILESENTRY']._serialized_start=1347
-  _globals['_MODELINFO_TOKENIZERFILESENTRY']._serialized_end=1400
-  _globals['_VERIFIER']._serialized_start=1534
-  _globals['_VERIFIER']._serialized_end=1757
+  _globals['_VERIFYBLOCK']._serialized_start=422
+  _globals['_VERIFYBLOCK']._serialized_end=567
+  _globals['_VERIFIERRESPONSE']._serialized_start=569
+  _globals['_VERIFIERRESPONSE']._serialized_end=688
+  _globals['_VERIFIERSESSIONOPENED']._serialized_start=690
+  _globals['_VERIFIERSESSIONOPENED']._serialized_end=775
+  _globals['_VERDICT']._serialized_start=778
+  _globals['_VERDICT']._serialized_end=1075
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1077
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1125
+  _globals['_MODELINFO']._serialized_start=1128
+  _globals['_MODELINFO']._serialized_end=1448
+  _globals['_MODELINFO_TOKENIZERFILESENTRY']._serialized_start=1395
+  _globals['_MODELINFO_TOKENIZERFILESENTRY']._serialized_end=1448
+  _globals['_VERIFIER']._serialized_start=1582
+  _globals['_VERIFIER']._serialized_end=1805
 # @@protoc_insertion_point(module_scope)

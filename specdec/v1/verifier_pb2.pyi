@@ -46,16 +46,18 @@ class OpenVerifierSession(_message.Message):
     def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., policy: _Optional[str] = ..., policy_params: _Optional[_Union[_common_pb2.PolicyParams, _Mapping]] = ..., return_logprobs: _Optional[bool] = ..., return_hidden_states: _Optional[bool] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class VerifyBlock(_message.Message):
-    __slots__ = ("position", "step", "draft_token_ids", "draft_probs")
+    __slots__ = ("position", "step", "draft_token_ids", "draft_probs", "draft_parents")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_PROBS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_PARENTS_FIELD_NUMBER: _ClassVar[int]
     position: int
     step: int
     draft_token_ids: _containers.RepeatedScalarFieldContainer[int]
     draft_probs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenDistribution]
-    def __init__(self, position: _Optional[int] = ..., step: _Optional[int] = ..., draft_token_ids: _Optional[_Iterable[int]] = ..., draft_probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ...) -> None: ...
+    draft_parents: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, position: _Optional[int] = ..., step: _Optional[int] = ..., draft_token_ids: _Optional[_Iterable[int]] = ..., draft_probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ..., draft_parents: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class VerifierResponse(_message.Message):
     __slots__ = ("opened", "verdict")
@@ -76,7 +78,7 @@ class VerifierSessionOpened(_message.Message):
     def __init__(self, committed_length: _Optional[int] = ..., prefill_ms: _Optional[float] = ..., policy: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("step", "position", "num_accepted", "token_ids", "outcomes", "bonus", "committed_length", "forward_ms", "accept_ms", "logprobs", "hidden_states")
+    __slots__ = ("step", "position", "num_accepted", "token_ids", "outcomes", "bonus", "committed_length", "forward_ms", "accept_ms", "logprobs", "hidden_states", "accepted_nodes")
     STEP_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     NUM_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +90,7 @@ class Verdict(_message.Message):
     ACCEPT_MS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_NODES_FIELD_NUMBER: _ClassVar[int]
     step: int
     position: int
     num_accepted: int
@@ -99,7 +102,8 @@ class Verdict(_message.Message):
     accept_ms: float
     logprobs: _containers.RepeatedScalarFieldContainer[float]
     hidden_states: _common_pb2.HiddenStates
-    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., num_accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., outcomes: _Optional[_Iterable[_Union[DraftOutcome, str]]] = ..., bonus: _Optional[bool] = ..., committed_length: _Optional[int] = ..., forward_ms: _Optional[float] = ..., accept_ms: _Optional[float] = ..., logprobs: _Optional[_Iterable[float]] = ..., hidden_states: _Optional[_Union[_common_pb2.HiddenStates, _Mapping]] = ...) -> None: ...
+    accepted_nodes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., num_accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., outcomes: _Optional[_Iterable[_Union[DraftOutcome, str]]] = ..., bonus: _Optional[bool] = ..., committed_length: _Optional[int] = ..., forward_ms: _Optional[float] = ..., accept_ms: _Optional[float] = ..., logprobs: _Optional[_Iterable[float]] = ..., hidden_states: _Optional[_Union[_common_pb2.HiddenStates, _Mapping]] = ..., accepted_nodes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ("include_tokenizer",)
