@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from specdec.draft_service.drafts import Drafter, FeatureDrafter, ModelDrafter, NgramDrafter, Proposal
-from specdec.draft_service.heads.eagle import EagleDrafter, EagleHead
+from specdec.draft_service.heads.eagle import EagleDrafter, EagleHead, TreeBlock
 from specdec.draft_service.heads.medusa import MedusaDrafter, MedusaHead
 from specdec.draft_service.heads.store import DEFAULT_HEADS_DIR, HeadConfig, TargetIdentity, load_head
 from specdec.draft_service.suffix import SuffixCache, SuffixConfig, SuffixDrafter
@@ -93,6 +93,20 @@ class DraftSession:
             return self.drafter.propose_ahead(self.committed, assumed, max_tokens)
         # The other drafters roll back by position on the next call, so assumed tokens are just context here.
         return self.drafter.propose([*self.committed, *assumed], max_tokens, min_confidence)
+
+    def propose_tree(self, position: int, depth: int, nodes: int) -> TreeBlock | None:
+        """A token tree (at most `nodes` tokens, `depth` deep) from committed length `position`, or None when this
+        draft builds chains only (the caller proposes a chain instead)."""
+        if not isinstance(self.drafter, EagleDrafter) or not self.drafter.sampling.greedy:
+            return None
+        if not 1 <= depth <= MAX_BLOCK_TOKENS or not 1 <= nodes <= MAX_BLOCK_TOKENS:
+            raise OutOfRange(f"a tree must be 1 to {MAX_BLOCK_TOKENS} deep and hold 1 to {MAX_BLOCK_TOKENS} tokens; "
+                             f"got depth {depth}, {nodes} tokens")  # fmt: skip
+        if position != len(self.committed):
+            raise FailedPrecondition(
+                f"propose position {position} does not match the committed length {len(self.committed)}"
+            )
+        return self.drafter.propose_tree(self.committed, depth, nodes)
 
     def commit(self, position: int, token_ids: list[int], hidden: tuple[int, torch.Tensor] | None = None) -> None:
         """Tokens committed from `position` on; anything the draft assumed after it is dropped. `hidden`: the

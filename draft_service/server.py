@@ -130,6 +130,15 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
         start = time.perf_counter()
         drafter = session.drafter
         assumed = list(request.assumed_token_ids)  # draft-ahead: being verified, assumed accepted
+        if request.tree_nodes and not assumed:
+            tree = await self.worker.run(session.propose_tree, request.position, request.max_tokens,
+                                         request.tree_nodes)  # fmt: skip
+            if tree is not None:
+                draft_ms = (time.perf_counter() - start) * 1e3
+                self.metrics.observe_forward(session.spec.kind, draft_ms)
+                yield draft_pb2.DraftChunk(step=request.step, position=request.position, token_ids=tree.tokens,
+                                           parents=tree.parents, last=True, draft_ms=draft_ms)  # fmt: skip
+                return
         proposals = session.propose(request.position, request.max_tokens, request.min_confidence, assumed)
         position = request.position + len(assumed)
         while True:

@@ -369,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="draft the next block while one is verified (default: the server's, on)",
     )
     gen.add_argument(
+        "--tree-nodes",
+        type=int,
+        default=0,
+        help="token trees of up to N tokens per step, K deep, instead of chains of K (greedy only; eagle builds "
+        "them, other drafts answer with chains); 0 = chains",
+    )
+    gen.add_argument(
         "--draft-min-confidence", type=float, default=0.0, help="confidence controller: p_min (default 0.5)"
     )
     gen.add_argument(
@@ -649,6 +656,7 @@ async def _generate(args: argparse.Namespace) -> int:
         k_max=args.k_max,
         draft_min_confidence=args.draft_min_confidence,
         draft_ahead=None if args.draft_ahead is None else args.draft_ahead == "on",
+        tree_nodes=args.tree_nodes,
         policy=args.policy,
         policy_params={
             "typical_epsilon": args.typical_epsilon,

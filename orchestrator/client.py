@@ -35,6 +35,7 @@ def build_request(
     model: str = "",
     probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED,
     draft_ahead: bool | None = None,
+    tree_nodes: int = 0,
 ) -> orchestrator_pb2.GenerateRequest:
     """Keyword arguments -> GenerateRequest; None/zero leaves the server's default."""
     request = orchestrator_pb2.GenerateRequest(
@@ -54,6 +55,7 @@ def build_request(
         draft_min_confidence=draft_min_confidence,
         model=model,
         probs_encoding=probs_encoding,
+        tree_nodes=tree_nodes,
     )
     if policy_params:
         request.policy_params.CopyFrom(policy_params_to_pb(policy_params))

@@ -22,7 +22,12 @@ from transformers import AutoTokenizer
 from specdec import service
 from specdec.draftspec import DraftSpec, parse_draft
 from specdec.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
-from specdec.limits import DEFAULT_DRAFT_TIMEOUT_S, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUED_REQUESTS
+from specdec.limits import (
+    DEFAULT_DRAFT_TIMEOUT_S,
+    DEFAULT_MAX_CONCURRENT_REQUESTS,
+    DEFAULT_MAX_QUEUED_REQUESTS,
+    MAX_BLOCK_TOKENS,
+)
 from specdec.modeling import canonical_name, chat_prompt_ids, is_default_model
 from specdec.orchestrator.admission import Admission
 from specdec.orchestrator.cost_model import CostPriors
@@ -101,6 +106,7 @@ class GenerationRequest:
     model: str = ""
     probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED
     draft_ahead: bool | None = None  # None: the server's default (on)
+    tree_nodes: int = 0  # token trees of up to this many tokens per step (greedy exact only); 0: chains
     deadline: float | None = None  # time.monotonic() by which the client wants the answer (gRPC deadline)
     trace_parent: Any = None  # the caller's OpenTelemetry context (from gRPC metadata or HTTP headers), if any
 
@@ -363,6 +369,13 @@ class OrchestratorCore:
         min_confidence = request.draft_min_confidence or (0.5 if controller == "confidence" else 0.0)
         if not 0.0 <= min_confidence <= 1.0:
             raise OutOfRange(f"draft_min_confidence must be in [0, 1], got {min_confidence}")
+        if not 0 <= request.tree_nodes <= MAX_BLOCK_TOKENS:
+            raise OutOfRange(f"tree_nodes must be in [0, {MAX_BLOCK_TOKENS}], got {request.tree_nodes}")
+        if request.tree_nodes and (not base.greedy or policy != "exact"):
+            raise InvalidArgument(
+                f"tree_nodes needs greedy decoding with the exact policy (token trees are verified greedily); "
+                f"got temperature {base.temperature} and policy {policy!r}"
+            )
         if draft.kind == "none":
             k = 0
         seed = request.seed if request.seed is not None else secrets.randbits(63)
@@ -392,6 +405,7 @@ class OrchestratorCore:
                 target_hidden_size=target.hidden_size,
                 cost_priors=self._priors_for((draft.name, policy, base)),
                 draft_ahead=limits.default_draft_ahead if request.draft_ahead is None else request.draft_ahead,
+                tree_nodes=request.tree_nodes,
             )
             for i in range(num_samples)
         ]

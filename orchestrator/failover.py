@@ -49,12 +49,13 @@ class GuardedDraft:
             await self._guard(self.stream.open(request), self.open_timeout_s)
 
     async def propose(
-        self, commit: draft_pb2.Commit | None, position: int, step: int, k: int, min_confidence: float
-    ) -> DraftBlock | None:
+        self, commit: draft_pb2.Commit | None, position: int, step: int, k: int, min_confidence: float,
+        tree_nodes: int = 0,
+    ) -> DraftBlock | None:  # fmt: skip
         """Send the pending commit and get a block, or None if the draft failed over (now or before)."""
         if self.stream is None:
             return None
-        return await self._guard(self._propose(self.stream, commit, position, step, k, min_confidence))
+        return await self._guard(self._propose(self.stream, commit, position, step, k, min_confidence, tree_nodes))
 
     async def propose_ahead(
         self, commit: draft_pb2.Commit | None, position: int, step: int, k: int, min_confidence: float,
@@ -87,11 +88,12 @@ class GuardedDraft:
 
     @staticmethod
     async def _propose(
-        stream: DraftStream, commit: draft_pb2.Commit | None, position: int, step: int, k: int, confidence: float
-    ) -> DraftBlock:
+        stream: DraftStream, commit: draft_pb2.Commit | None, position: int, step: int, k: int, confidence: float,
+        tree_nodes: int = 0,
+    ) -> DraftBlock:  # fmt: skip
         if commit is not None:
             await stream.send_commit(commit)  # the draft rolls back to the same prefix
-        return await stream.propose(position, step, k, confidence)
+        return await stream.propose(position, step, k, confidence, tree_nodes)
 
     async def _guard(self, call: Awaitable[T], timeout_s: float | None = None) -> T | None:
         timeout_s = timeout_s or self.propose_timeout_s

@@ -38,6 +38,7 @@ class StepObservation:
     match_length: int = 0  # prompt lookup: length of the matched suffix behind the proposal
     position: int = 0  # committed length before the step
     committed: tuple[int, ...] = ()  # tokens the verdict committed from `position` on
+    depth: int = 0  # a token tree's depth (positions it drafted for); 0: a chain (`drafted` positions)
 
 
 class FixedK:

@@ -64,7 +64,7 @@ class LoopStats:
         self.steps += 1
         self.draft_tokens += step.drafted
         self.accepted_tokens += step.accepted
-        _add_counts(self.drafted_per_position, step.drafted)
+        _add_counts(self.drafted_per_position, step.depth or step.drafted)  # a tree drafts `depth` positions
         _add_counts(self.accepted_per_position, step.accepted)
         _pad(self.accepted_per_position, len(self.drafted_per_position))
         self.committed_tokens += committed
@@ -141,6 +141,7 @@ class SampleSpec:
     target_hidden_size: int = 0
     cost_priors: CostPriors | None = None  # what earlier sessions taught the `cost` controller
     draft_ahead: bool = False  # draft the next block while this one is verified (see `speculative_step`)
+    tree_nodes: int = 0  # ask for token trees of up to this many tokens, k deep (greedy exact only); 0: chains
 
 
 @dataclass
@@ -312,13 +313,16 @@ async def speculative_step(
         proposal = ahead.block if ahead is not None else None
         if proposal is None:
             stats.draft_calls += 1
-            proposal = await draft.propose(unsent.take(), position, step, k, spec.draft_min_confidence)
-        if proposal is not None:
+            proposal = await draft.propose(unsent.take(), position, step, k, spec.draft_min_confidence, spec.tree_nodes)
+        if proposal is not None and proposal.parents:  # a tree: at most tree_nodes tokens, k deep, verified whole
+            block = verified = proposal.truncated(spec.tree_nodes)
+            draft_network_ms = max(0.0, block.round_trip_ms - block.draft_ms)
+        elif proposal is not None:
             block = proposal.truncated(k)
             draft_network_ms = max(0.0, block.round_trip_ms - block.draft_ms)
             verified = block.truncated(controller.trim(block.tokens, block.match_length, position))
     proposed = len(block.tokens)
-    sent_at = await verifier.send_verify(position, step, verified.tokens, verified.probs)
+    sent_at = await verifier.send_verify(position, step, verified.tokens, verified.probs, verified.parents)
     asked = None
     if ahead_k > 0 and draft.stream is not None and k > 0:  # drafting while the target verifies
         sent = await draft.propose_ahead(
@@ -341,10 +345,19 @@ async def speculative_step(
         match_length=block.match_length,
         position=position,
         committed=tuple(verdict.token_ids),
+        depth=tree_depth(verified.parents),
     )
     stats.record(observation, len(verdict.token_ids))
     record_step(spec, step, observation, len(verdict.token_ids), started_ns)
     return verdict, observation, asked
+
+
+def tree_depth(parents: list[int]) -> int:
+    """The depth of a token tree (the longest path), 0 for a chain (no parents)."""
+    depths: list[int] = []
+    for parent in parents:
+        depths.append(1 if parent < 0 else depths[parent] + 1)
+    return max(depths, default=0)
 
 
 async def collect_ahead(

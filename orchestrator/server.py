@@ -43,6 +43,7 @@ def request_from_pb(msg: orchestrator_pb2.GenerateRequest) -> GenerationRequest:
         model=msg.model,
         probs_encoding=msg.probs_encoding,
         draft_ahead=msg.draft_ahead if msg.HasField("draft_ahead") else None,
+        tree_nodes=msg.tree_nodes,
     )
 
 

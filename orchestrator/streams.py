@@ -86,15 +86,20 @@ class VerifierStream(_SessionStream):
         step: int,
         tokens: list[int],
         probs: list[common_pb2.TokenDistribution],
+        parents: Sequence[int] = (),
     ) -> TimedVerdict:
-        return await self.read_verdict(position, await self.send_verify(position, step, tokens, probs))
+        return await self.read_verdict(position, await self.send_verify(position, step, tokens, probs, parents))
 
     async def send_verify(
-        self, position: int, step: int, tokens: list[int], probs: list[common_pb2.TokenDistribution]
-    ) -> float:
-        """Send a block without waiting for its verdict (draft-ahead works meanwhile); returns the send time."""
+        self, position: int, step: int, tokens: list[int], probs: list[common_pb2.TokenDistribution],
+        parents: Sequence[int] = (),
+    ) -> float:  # fmt: skip
+        """Send a block (a token tree when `parents` is given) without waiting for its verdict (draft-ahead works
+        meanwhile); returns the send time."""
         start = time.perf_counter()
-        block = verifier_pb2.VerifyBlock(position=position, step=step, draft_token_ids=tokens, draft_probs=probs)
+        block = verifier_pb2.VerifyBlock(
+            position=position, step=step, draft_token_ids=tokens, draft_probs=probs, draft_parents=parents
+        )
         await self._write(verifier_pb2.VerifierRequest(verify=block))
         return start
 
@@ -112,10 +117,12 @@ class DraftBlock:
     draft_ms: float = 0.0
     round_trip_ms: float = 0.0
     match_length: int = 0  # prompt lookup: length of the matched suffix (see DraftChunk.match_length)
+    parents: list[int] = field(default_factory=list)  # a token tree (DraftChunk.parents); empty: a chain
 
     def truncated(self, keep: int) -> DraftBlock:
-        """The first `keep` tokens (and their q) of this block."""
-        return DraftBlock(self.tokens[:keep], self.probs[:keep], self.draft_ms, self.round_trip_ms, self.match_length)
+        """The first `keep` tokens (and their q) of this block (of a tree: still a tree, parents come first)."""
+        return DraftBlock(self.tokens[:keep], self.probs[:keep], self.draft_ms, self.round_trip_ms, self.match_length,
+                          self.parents[:keep])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -136,18 +143,22 @@ class DraftStream(_SessionStream):
         await self._write(draft_pb2.DraftRequest(open=request))
         return await self._read("opened")
 
-    async def propose(self, position: int, step: int, max_tokens: int, min_confidence: float = 0.0) -> DraftBlock:
+    async def propose(
+        self, position: int, step: int, max_tokens: int, min_confidence: float = 0.0, tree_nodes: int = 0
+    ) -> DraftBlock:
         """Collect the streamed chunks of one block."""
-        sent = await self.send_propose(position, step, max_tokens, min_confidence)
+        sent = await self.send_propose(position, step, max_tokens, min_confidence, tree_nodes=tree_nodes)
         return await self.read_block(sent)
 
     async def send_propose(
-        self, position: int, step: int, max_tokens: int, min_confidence: float = 0.0, assumed: Sequence[int] = ()
-    ) -> SentPropose:
-        """Ask for a block without waiting for it; `assumed`: draft-ahead's tokens under verification."""
+        self, position: int, step: int, max_tokens: int, min_confidence: float = 0.0, assumed: Sequence[int] = (),
+        tree_nodes: int = 0,
+    ) -> SentPropose:  # fmt: skip
+        """Ask for a block without waiting for it; `assumed`: draft-ahead's tokens under verification;
+        `tree_nodes`: ask for a token tree of up to this many tokens (Propose.tree_nodes)."""
         request = draft_pb2.Propose(
             position=position, step=step, max_tokens=max_tokens, min_confidence=min_confidence,
-            assumed_token_ids=assumed,
+            assumed_token_ids=assumed, tree_nodes=tree_nodes,
         )  # fmt: skip
         start = time.perf_counter()
         await self._write(draft_pb2.DraftRequest(propose=request))
@@ -167,6 +178,7 @@ class DraftStream(_SessionStream):
                 raise Unavailable(f"the draft service sent a chunk for position {chunk.position}, step {chunk.step}")
             block.tokens.extend(chunk.token_ids)
             block.probs.extend(chunk.probs)
+            block.parents.extend(chunk.parents)
             block.match_length = max(block.match_length, chunk.match_length)
             if chunk.last:
                 block.draft_ms = chunk.draft_ms

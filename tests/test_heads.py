@@ -530,3 +530,68 @@ def test_training_prompts_are_not_benchmark_prompts() -> None:
 
 STOP_WORDS = {"a", "an", "the", "i", "to", "and", "of", "is", "how", "what", "can", "my", "do", "you", "in", "for",
               "me", "it", "are", "some", "should", "that", "with", "on", "be"}  # fmt: skip
+
+
+def _path(tree_parents: list[int], node: int) -> list[int]:
+    path = []
+    while node >= 0:
+        path.append(node)
+        node = tree_parents[node]
+    return path[::-1]
+
+
+@torch.inference_mode()
+def test_eagle_trees_score_every_path_as_drafting_it_as_a_chain_would() -> None:
+    shape = LayerShape(hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64)
+    head = random_eagle(shape, 50, 20)
+    embedding = torch.randn(50, 32)
+    drafter = EagleDrafter(head, embedding, 50, SamplingConfig())
+    committed = [1, 2, 3, 4, 5]
+    drafter.observe_hidden(0, torch.randn(4, 32))
+    chain = [t for t, _ in drafter.propose(committed, 4)]
+    narrow = drafter.propose_tree(committed, 4, 4, beam=1)  # one branch per level: the greedy chain
+    assert narrow.tokens == chain and narrow.parents == [-1, 0, 1, 2]
+    tree = drafter.propose_tree(committed, 3, 9, beam=3)
+    assert len(tree.tokens) == 9 and all(-1 <= p < i for i, p in enumerate(tree.parents))
+    assert sorted(tree.scores, reverse=True)[:1] == [max(tree.scores)]
+    for node in range(len(tree.tokens)):  # re-draft each path as a chain: the same log-probability
+        fresh = EagleDrafter(head, embedding, 50, SamplingConfig())
+        fresh.observe_hidden(0, drafter.features.rows[:4])
+        feature = fresh._root_feature(committed)
+        assert feature is not None
+        score = 0.0
+        for i in _path(tree.parents, node):
+            logp = torch.log_softmax(head.lm_head(feature[0, 0]).float(), -1)
+            score += float(logp[(head.vocab_ids == tree.tokens[i]).nonzero()[0, 0]])
+            feature = head.forward_cached(feature, embedding[tree.tokens[i]][None, None], fresh.cache)
+        assert score == pytest.approx(tree.scores[node], abs=1e-4)
+    assert [t for t, _ in drafter.propose(committed, 4)] == chain  # tree drafting left the cache as it was
+
+
+async def test_greedy_identity_with_eagle_trees(tiny_stack, tiny_target: Path, tiny_heads: dict[str, Path]) -> None:
+    lm = load(str(tiny_target))
+    async with SpecdecClient(tiny_stack.address) as client:
+        for k, nodes in ((2, 4), (4, 8), (3, 3)):
+            for prompt in PROMPTS:
+                ids = lm.tokenizer.encode(prompt)
+                response = await client.generate(
+                    prompt_token_ids=ids, max_new_tokens=MAX_NEW, draft=f"eagle:{tiny_heads['eagle']}", k=k,
+                    k_controller="fixed", tree_nodes=nodes,
+                )  # fmt: skip
+                tokens = list(response.completions[0].token_ids)
+                assert_greedy_identical(lm, ids, tokens, hf_greedy(lm, ids, MAX_NEW))
+                assert not response.stats.draft_failure
+                # the first step has no features; near the token limit the trees are shallower (and narrower)
+                assert response.stats.draft_tokens >= min(nodes, 2 * k) * (response.stats.steps - 4)
+                assert len(response.stats.k_histogram) == nodes + 1  # whole trees were verified
+                assert len(response.stats.acceptance_per_position) <= k  # positions: the trees' depth
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.generate(prompt_token_ids=[1, 2], draft="eagle", tree_nodes=4, temperature=0.7)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "greedy" in err.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.generate(prompt_token_ids=[1, 2], draft="eagle", tree_nodes=10_000)
+        assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        ids = lm.tokenizer.encode(PROMPTS[0])  # a draft without trees answers with chains
+        response = await client.generate(prompt_token_ids=ids, max_new_tokens=MAX_NEW, draft="ngram", k=3,
+                                         k_controller="fixed", tree_nodes=8)  # fmt: skip
+        assert_greedy_identical(lm, ids, list(response.completions[0].token_ids), hf_greedy(lm, ids, MAX_NEW))

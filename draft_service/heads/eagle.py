@@ -7,11 +7,17 @@ the token at j+2. Drafting continues autoregressively on its own predicted featu
 
 Around a verdict: the verifier returns features for the positions it fed, so with committed length n the
 newest true feature is f_{n-2}; its pair (f_{n-2}, t_{n-1}) yields the first draft, for position n.
+
+Trees (`EagleDrafter.propose_tree`, greedy): EAGLE-2's dynamic tree. Each level keeps the `beam` most likely nodes
+(by the product of draft probabilities along their path), runs the layer once over all of them (each attending to
+the true pairs and its own ancestors' pairs), and scores their top children; the block is the `nodes` most likely
+nodes of all levels (a child is never likelier than its parent, so they form a tree).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,6 +27,26 @@ from specdec.draft_service.heads.layers import DecoderLayer, LayerCache, LayerSh
 from specdec.sampling import SamplingConfig, draft_token, make_generator
 
 Proposal = tuple[int, torch.Tensor | None]
+TREE_BEAM = 4  # nodes expanded per level (and children scored per expanded node)
+
+
+@dataclass
+class TreeBlock:
+    """A proposed token tree: parents precede children; -1 is the last committed token."""
+
+    tokens: list[int]
+    parents: list[int]
+    scores: list[float]  # each token's path log-probability under the draft (the product along its path)
+
+
+@dataclass
+class _Node:
+    token: int
+    parent: int  # index into the drafter's node list, -1: the root
+    depth: int  # 0: a child of the root (position n)
+    score: float  # log of the product of draft probabilities along the path
+    feature: torch.Tensor  # [1, 1, H] the predicted feature this node's token was drafted from
+    pairs: list[int]  # cache offsets (after the true pairs) of its ancestors' pairs, once expanded: its own last
 
 
 class EagleHead(nn.Module):
@@ -39,6 +65,21 @@ class EagleHead(nn.Module):
     def inputs(self, features: torch.Tensor, next_embeddings: torch.Tensor) -> torch.Tensor:
         """features, next_embeddings [B, T, H] -> layer inputs [B, T, H]."""
         return self.fc(torch.cat([features, next_embeddings], dim=-1))
+
+    def forward_tree(
+        self,
+        features: torch.Tensor,  # [1, T, H] each node's feature (its parent's prediction)
+        next_embeddings: torch.Tensor,  # [1, T, H] each node's token embedding
+        positions: torch.Tensor,  # [T] each node's pair position
+        mask: torch.Tensor,  # [T, L+T] bool over the cache and these T new pairs
+        cache: LayerCache,
+    ) -> torch.Tensor:
+        """Append T tree pairs (each seeing what `mask` allows); returns their predicted features [1, T, H]."""
+        cos, sin = rotary(positions, self.shape.head_dim, self.shape.rope_theta)
+        x = self.inputs(features, next_embeddings)
+        q, k, v = self.layer.qkv(x, cos, sin)
+        keys, values = cache.append(k, v)
+        return self.norm(self.layer.finish(x, q, keys, values, mask))
 
     def forward_cached(self, features: torch.Tensor, next_embeddings: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """Append positions cache.length .. for one sequence ([1, T, H] each); returns predicted features [1, T, H]."""
@@ -112,11 +153,12 @@ class EagleDrafter:
         del self.pair_tokens[pairs:]
         self.cache.rollback(pairs)
 
-    @torch.inference_mode()
-    def propose(self, committed: Sequence[int], max_tokens: int, min_confidence: float = 0.0) -> Iterator[Proposal]:
+    def _root_feature(self, committed: Sequence[int]) -> torch.Tensor | None:
+        """Run the layer over the new true pairs; returns the predicted f_{n-1} [1, 1, H] (the first draft's
+        feature), or None when there is no feature for position n-2 yet (the first block of a session)."""
         n = len(committed)
         if len(self.features) < n - 1 or n < 2:
-            return  # no feature for position n-2 yet (the first block of a session): nothing to draft from
+            return None
         # keep the true pairs whose token still matches the committed sequence; drop drafted ones
         keep = 0
         while keep < len(self.pair_tokens) and self.pair_tokens[keep] == committed[keep + 1]:
@@ -128,7 +170,14 @@ class EagleDrafter:
         features = self.features.rows[keep : n - 1][None]  # [1, T, H]
         predicted = self.head.forward_cached(features, self.embedding[tokens][None], self.cache)  # [1, T, H]
         self.pair_tokens.extend(int(t) for t in tokens)
-        feature = predicted[:, -1:]  # [1, 1, H] predicted f_{n-1}
+        return predicted[:, -1:]  # [1, 1, H] predicted f_{n-1}
+
+    @torch.inference_mode()
+    def propose(self, committed: Sequence[int], max_tokens: int, min_confidence: float = 0.0) -> Iterator[Proposal]:
+        n = len(committed)
+        feature = self._root_feature(committed)
+        if feature is None:
+            return
         for i in range(max_tokens):
             reduced = self.head.lm_head(feature[0, 0])  # [N]
             drafted = draft_token(
@@ -140,6 +189,62 @@ class EagleDrafter:
             if i + 1 < max_tokens:  # the pair (predicted f_{n-1+i}, drafted token) predicts the next feature
                 token_emb = self.embedding[drafted[0]][None, None]  # [1, 1, H]
                 feature = self.head.forward_cached(feature, token_emb, self.cache)
+
+    @torch.inference_mode()
+    def propose_tree(self, committed: Sequence[int], depth: int, nodes: int, beam: int = TREE_BEAM) -> TreeBlock:
+        """A greedy token tree of at most `nodes` tokens, at most `depth` deep (see the module docstring)."""
+        root = self._root_feature(committed)
+        if root is None or depth < 1 or nodes < 1:
+            return TreeBlock([], [], [])
+        true_pairs = self.cache.length  # n-1: the tree's pairs go after them and are dropped at the end
+        tree: list[_Node] = []
+        frontier = self._children(root[0], [-1], [0.0], [[]], 0, beam, tree)
+        for level in range(1, depth):
+            frontier = sorted(frontier, key=lambda i: -tree[i].score)[:beam]  # the likeliest nodes go on
+            expanded = self._expand(frontier, tree, true_pairs + level - 1, true_pairs)
+            frontier = self._children(
+                expanded, frontier, [tree[i].score for i in frontier], [tree[i].pairs for i in frontier], level, beam,
+                tree,
+            )  # fmt: skip
+        self.cache.rollback(true_pairs)
+        chosen = sorted(range(len(tree)), key=lambda i: (-tree[i].score, tree[i].depth, i))[:nodes]
+        order = sorted(chosen, key=lambda i: (tree[i].depth, i))  # parents before children
+        index = {node: i for i, node in enumerate(order)}
+        parents = [index[tree[i].parent] if tree[i].parent >= 0 else -1 for i in order]
+        return TreeBlock([tree[i].token for i in order], parents, [tree[i].score for i in order])
+
+    def _children(
+        self, features: torch.Tensor, parents: list[int], scores: list[float], pairs: list[list[int]], depth: int,
+        beam: int, tree: list[_Node],
+    ) -> list[int]:  # fmt: skip
+        """Score the top `beam` children of each parent (features [P, H]: the parents' predictions); returns the
+        new nodes' indices."""
+        logp = torch.log_softmax(self.head.lm_head(features).float(), dim=-1)  # [P, N] over the draft vocabulary
+        top = torch.topk(logp, min(beam, logp.shape[-1]), dim=-1)  # [P, beam]
+        added = []
+        for row, parent in enumerate(parents):
+            for value, token in zip(top.values[row].tolist(), top.indices[row].tolist(), strict=True):
+                tree.append(_Node(int(self.head.vocab_ids[token]), parent, depth, scores[row] + value,
+                                  features[row][None, None], pairs[row]))  # fmt: skip
+                added.append(len(tree) - 1)
+        return added
+
+    def _expand(self, frontier: list[int], tree: list[_Node], position: int, true_pairs: int) -> torch.Tensor:
+        """Run the layer over the frontier's pairs (feature, token) at `position`; returns their predictions
+        [F, H] (their children's features). Each pair sees the true pairs, its ancestors' pairs and itself."""
+        start = self.cache.length - true_pairs  # tree pairs already cached
+        f = len(frontier)
+        mask = torch.zeros(f, true_pairs + start + f, dtype=torch.bool)  # [F, L+F]
+        mask[:, :true_pairs] = True
+        for row, i in enumerate(frontier):
+            for pair in tree[i].pairs:
+                mask[row, true_pairs + pair] = True
+            mask[row, true_pairs + start + row] = True
+            tree[i].pairs = [*tree[i].pairs, start + row]
+        features = torch.cat([tree[i].feature for i in frontier], dim=1)  # [1, F, H]
+        tokens = torch.tensor([tree[i].token for i in frontier])
+        positions = torch.full((f,), position, dtype=torch.long)
+        return self.head.forward_tree(features, self.embedding[tokens][None], positions, mask, self.cache)[0]
 
     def close(self) -> None:
         self._rollback(0)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from specdec.v1 import common_pb2 as specdec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16specdec/v1/draft.proto\x12\nspecdec.v1\x1a\x17specdec/v1/common.proto\"\x92\x01\n\x0c\x44raftRequest\x12,\n\x04open\x18\x01 \x01(\x0b\x32\x1c.specdec.v1.OpenDraftSessionH\x00\x12&\n\x07propose\x18\x02 \x01(\x0b\x32\x13.specdec.v1.ProposeH\x00\x12$\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x12.specdec.v1.CommitH\x00\x42\x06\n\x04kind\"\xc2\x02\n\x10OpenDraftSession\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12\r\n\x05\x64raft\x18\x02 \x01(\t\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\x13\n\x0btarget_name\x18\x04 \x01(\t\x12 \n\x18target_vocab_fingerprint\x18\x05 \x01(\t\x12\x19\n\x11target_vocab_size\x18\x06 \x01(\r\x12\x31\n\x0eprobs_encoding\x18\x07 \x01(\x0e\x32\x19.specdec.v1.ProbsEncoding\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12\"\n\x1atarget_weights_fingerprint\x18\t \x01(\t\x12\x1a\n\x12target_hidden_size\x18\n \x01(\r\"p\n\x07Propose\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x16\n\x0emin_confidence\x18\x04 \x01(\x02\x12\x19\n\x11\x61ssumed_token_ids\x18\x05 \x03(\r\"^\n\x06\x43ommit\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12/\n\rhidden_states\x18\x03 \x01(\x0b\x32\x18.specdec.v1.HiddenStates\"r\n\rDraftResponse\x12\x30\n\x06opened\x18\x01 \x01(\x0b\x32\x1e.specdec.v1.DraftSessionOpenedH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.specdec.v1.DraftChunkH\x00\x42\x06\n\x04kind\"8\n\x12\x44raftSessionOpened\x12\r\n\x05\x64raft\x18\x01 \x01(\t\x12\x13\n\x0bsends_probs\x18\x02 \x01(\x08\"\xa3\x01\n\nDraftChunk\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12,\n\x05probs\x18\x04 \x03(\x0b\x32\x1d.specdec.v1.TokenDistribution\x12\x0c\n\x04last\x18\x05 \x01(\x08\x12\x10\n\x08\x64raft_ms\x18\x06 \x01(\x01\x12\x14\n\x0cmatch_length\x18\x07 \x01(\r2\x8e\x01\n\x05\x44raft\x12\x42\n\x07Session\x12\x18.specdec.v1.DraftRequest\x1a\x19.specdec.v1.DraftResponse(\x01\x30\x01\x12\x41\n\x08GetUsage\x12\x1b.specdec.v1.GetUsageRequest\x1a\x18.specdec.v1.ServiceUsageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16specdec/v1/draft.proto\x12\nspecdec.v1\x1a\x17specdec/v1/common.proto\"\x92\x01\n\x0c\x44raftRequest\x12,\n\x04open\x18\x01 \x01(\x0b\x32\x1c.specdec.v1.OpenDraftSessionH\x00\x12&\n\x07propose\x18\x02 \x01(\x0b\x32\x13.specdec.v1.ProposeH\x00\x12$\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x12.specdec.v1.CommitH\x00\x42\x06\n\x04kind\"\xc2\x02\n\x10OpenDraftSession\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12\r\n\x05\x64raft\x18\x02 \x01(\t\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\x13\n\x0btarget_name\x18\x04 \x01(\t\x12 \n\x18target_vocab_fingerprint\x18\x05 \x01(\t\x12\x19\n\x11target_vocab_size\x18\x06 \x01(\r\x12\x31\n\x0eprobs_encoding\x18\x07 \x01(\x0e\x32\x19.specdec.v1.ProbsEncoding\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12\"\n\x1atarget_weights_fingerprint\x18\t \x01(\t\x12\x1a\n\x12target_hidden_size\x18\n \x01(\r\"\x84\x01\n\x07Propose\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x16\n\x0emin_confidence\x18\x04 \x01(\x02\x12\x19\n\x11\x61ssumed_token_ids\x18\x05 \x03(\r\x12\x12\n\ntree_nodes\x18\x06 \x01(\r\"^\n\x06\x43ommit\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12/\n\rhidden_states\x18\x03 \x01(\x0b\x32\x18.specdec.v1.HiddenStates\"r\n\rDraftResponse\x12\x30\n\x06opened\x18\x01 \x01(\x0b\x32\x1e.specdec.v1.DraftSessionOpenedH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.specdec.v1.DraftChunkH\x00\x42\x06\n\x04kind\"8\n\x12\x44raftSessionOpened\x12\r\n\x05\x64raft\x18\x01 \x01(\t\x12\x13\n\x0bsends_probs\x18\x02 \x01(\x08\"\xb4\x01\n\nDraftChunk\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12,\n\x05probs\x18\x04 \x03(\x0b\x32\x1d.specdec.v1.TokenDistribution\x12\x0c\n\x04last\x18\x05 \x01(\x08\x12\x10\n\x08\x64raft_ms\x18\x06 \x01(\x01\x12\x14\n\x0cmatch_length\x18\x07 \x01(\r\x12\x0f\n\x07parents\x18\x08 \x03(\x05\x32\x8e\x01\n\x05\x44raft\x12\x42\n\x07Session\x12\x18.specdec.v1.DraftRequest\x1a\x19.specdec.v1.DraftResponse(\x01\x30\x01\x12\x41\n\x08GetUsage\x12\x1b.specdec.v1.GetUsageRequest\x1a\x18.specdec.v1.ServiceUsageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRAFTREQUEST']._serialized_end=210
   _globals['_OPENDRAFTSESSION']._serialized_start=213
   _globals['_OPENDRAFTSESSION']._serialized_end=535
-  _globals['_PROPOSE']._serialized_start=537
-  _globals['_PROPOSE']._serialized_end=649
-  _globals['_COMMIT']._serialized_start=651
-  _globals['_COMMIT']._serialized_end=745
-  _globals['_DRAFTRESPONSE']._serialized_start=747
-  _globals['_DRAFTRESPONSE']._serialized_end=861
-  _globals['_DRAFTSESSIONOPENED']._serialized_start=863
-  _globals['_DRAFTSESSIONOPENED']._serialized_end=919
-  _globals['_DRAFTCHUNK']._serialized_start=922
-  _globals['_DRAFTCHUNK']._serialized_end=1085
-  _globals['_DRAFT']._serialized_start=1088
-  _globals['_DRAFT']._serialized_end=1230
+  _globals['_PROPOSE']._serialized_start=538
+  _globals['_PROPOSE']._serialized_end=670
+  _globals['_COMMIT']._serialized_start=672
+  _globals['_COMMIT']._serialized_end=766
+  _globals['_DRAFTRESPONSE']._serialized_start=768
+  _globals['_DRAFTRESPONSE']._serialized_end=882
+  _globals['_DRAFTSESSIONOPENED']._serialized_start=884
+  _globals['_DRAFTSESSIONOPENED']._serialized_end=940
+  _globals['_DRAFTCHUNK']._serialized_start=943
+  _globals['_DRAFTCHUNK']._serialized_end=1123
+  _globals['_DRAFT']._serialized_start=1126
+  _globals['_DRAFT']._serialized_end=1268
 # @@protoc_insertion_point(module_scope)

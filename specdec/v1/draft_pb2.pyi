@@ -42,18 +42,20 @@ class OpenDraftSession(_message.Message):
     def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., draft: _Optional[str] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., target_name: _Optional[str] = ..., target_vocab_fingerprint: _Optional[str] = ..., target_vocab_size: _Optional[int] = ..., probs_encoding: _Optional[_Union[_common_pb2.ProbsEncoding, str]] = ..., session_id: _Optional[str] = ..., target_weights_fingerprint: _Optional[str] = ..., target_hidden_size: _Optional[int] = ...) -> None: ...
 
 class Propose(_message.Message):
-    __slots__ = ("position", "step", "max_tokens", "min_confidence", "assumed_token_ids")
+    __slots__ = ("position", "step", "max_tokens", "min_confidence", "assumed_token_ids", "tree_nodes")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     ASSUMED_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TREE_NODES_FIELD_NUMBER: _ClassVar[int]
     position: int
     step: int
     max_tokens: int
     min_confidence: float
     assumed_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, position: _Optional[int] = ..., step: _Optional[int] = ..., max_tokens: _Optional[int] = ..., min_confidence: _Optional[float] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    tree_nodes: int
+    def __init__(self, position: _Optional[int] = ..., step: _Optional[int] = ..., max_tokens: _Optional[int] = ..., min_confidence: _Optional[float] = ..., assumed_token_ids: _Optional[_Iterable[int]] = ..., tree_nodes: _Optional[int] = ...) -> None: ...
 
 class Commit(_message.Message):
     __slots__ = ("position", "token_ids", "hidden_states")
@@ -82,7 +84,7 @@ class DraftSessionOpened(_message.Message):
     def __init__(self, draft: _Optional[str] = ..., sends_probs: _Optional[bool] = ...) -> None: ...
 
 class DraftChunk(_message.Message):
-    __slots__ = ("step", "position", "token_ids", "probs", "last", "draft_ms", "match_length")
+    __slots__ = ("step", "position", "token_ids", "probs", "last", "draft_ms", "match_length", "parents")
     STEP_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +92,7 @@ class DraftChunk(_message.Message):
     LAST_FIELD_NUMBER: _ClassVar[int]
     DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
     MATCH_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    PARENTS_FIELD_NUMBER: _ClassVar[int]
     step: int
     position: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -97,4 +100,5 @@ class DraftChunk(_message.Message):
     last: bool
     draft_ms: float
     match_length: int
-    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ..., last: _Optional[bool] = ..., draft_ms: _Optional[float] = ..., match_length: _Optional[int] = ...) -> None: ...
+    parents: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ..., last: _Optional[bool] = ..., draft_ms: _Optional[float] = ..., match_length: _Optional[int] = ..., parents: _Optional[_Iterable[int]] = ...) -> None: ...

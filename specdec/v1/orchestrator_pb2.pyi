@@ -16,7 +16,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "prompt_token_ids", "messages", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "num_samples", "stop", "return_logprobs", "draft", "k", "policy", "policy_params", "k_controller", "k_max", "draft_min_confidence", "model", "probs_encoding", "draft_ahead")
+    __slots__ = ("prompt", "prompt_token_ids", "messages", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "num_samples", "stop", "return_logprobs", "draft", "k", "policy", "policy_params", "k_controller", "k_max", "draft_min_confidence", "model", "probs_encoding", "draft_ahead", "tree_nodes")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class GenerateRequest(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROBS_ENCODING_FIELD_NUMBER: _ClassVar[int]
     DRAFT_AHEAD_FIELD_NUMBER: _ClassVar[int]
+    TREE_NODES_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -59,7 +60,8 @@ class GenerateRequest(_message.Message):
     model: str
     probs_encoding: _common_pb2.ProbsEncoding
     draft_ahead: bool
-    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., num_samples: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., return_logprobs: _Optional[bool] = ..., draft: _Optional[str] = ..., k: _Optional[int] = ..., policy: _Optional[str] = ..., policy_params: _Optional[_Union[_common_pb2.PolicyParams, _Mapping]] = ..., k_controller: _Optional[str] = ..., k_max: _Optional[int] = ..., draft_min_confidence: _Optional[float] = ..., model: _Optional[str] = ..., probs_encoding: _Optional[_Union[_common_pb2.ProbsEncoding, str]] = ..., draft_ahead: _Optional[bool] = ...) -> None: ...
+    tree_nodes: int
+    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., num_samples: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., return_logprobs: _Optional[bool] = ..., draft: _Optional[str] = ..., k: _Optional[int] = ..., policy: _Optional[str] = ..., policy_params: _Optional[_Union[_common_pb2.PolicyParams, _Mapping]] = ..., k_controller: _Optional[str] = ..., k_max: _Optional[int] = ..., draft_min_confidence: _Optional[float] = ..., model: _Optional[str] = ..., probs_encoding: _Optional[_Union[_common_pb2.ProbsEncoding, str]] = ..., draft_ahead: _Optional[bool] = ..., tree_nodes: _Optional[int] = ...) -> None: ...
 
 class Completion(_message.Message):
     __slots__ = ("index", "text", "token_ids", "finish_reason", "logprobs")
