@@ -45,6 +45,14 @@ def add_bench_parser(
     what.add_argument("--k", type=csv_of(int), default=[4], help="comma-separated K values, e.g. 1,2,4,8")
     what.add_argument("--policy", type=csv_of(str), default=[""], help="comma-separated; empty: by temperature")
     what.add_argument("--k-controller", type=csv_of(str), default=["fixed"], help="comma-separated")
+    what.add_argument(
+        "--tree-nodes", type=csv_of(int), default=[0],
+        help="comma-separated token-tree sizes (0 = chains; trees: greedy, drafts that build them), e.g. 0,8",
+    )  # fmt: skip
+    what.add_argument(
+        "--draft-min-confidence", type=float, default=0.0,
+        help="sent with every propose: the confidence controller's p_min; for trees, the least path probability",
+    )  # fmt: skip
     what.add_argument("--max-new-tokens", type=int, default=64)
     what.add_argument("--iterations", type=int, default=1)
     what.add_argument("--warmup", type=int, default=1, help="rounds of every method on the first prompt, untimed")
@@ -101,6 +109,7 @@ async def run_bench(args: argparse.Namespace) -> int:
     cfg = SweepConfig(
         suites=args.suite, prompts_file=args.prompts, prompts_per_suite=args.prompts_per_suite,
         drafts=args.draft or ["ngram"], ks=args.k, policies=args.policy, controllers=args.k_controller,
+        tree_nodes=args.tree_nodes, draft_min_confidence=args.draft_min_confidence,
         max_new_tokens=args.max_new_tokens, iterations=args.iterations, warmup=args.warmup,
         temperature=args.temperature, seed=args.seed, hf_peers=not remote if args.hf is None else args.hf,
         remote_as_is=args.openai_url is not None and args.draft is None,

@@ -24,6 +24,7 @@ class Method:
     k: int = 0
     policy: str = ""
     controller: str = ""
+    tree_nodes: int = 0  # token trees of up to this many tokens (GenerateRequest.tree_nodes); 0: chains
 
     @property
     def label(self) -> str:
@@ -34,6 +35,8 @@ class Method:
         if self.draft == BASELINE:
             return BASELINE
         parts = [self.draft, f"k={self.k}"]
+        if self.tree_nodes:
+            parts.append(f"tree={self.tree_nodes}")
         if self.controller:
             parts.append(self.controller)
         if self.policy:
@@ -50,6 +53,8 @@ class SweepConfig:
     ks: list[int] = field(default_factory=lambda: [4])
     policies: list[str] = field(default_factory=lambda: [""])  # "": by temperature
     controllers: list[str] = field(default_factory=lambda: ["fixed"])  # a sweep over K means fixed K
+    tree_nodes: list[int] = field(default_factory=lambda: [0])  # 0: chains
+    draft_min_confidence: float = 0.0  # GenerateRequest.draft_min_confidence for every specdec method
     max_new_tokens: int = 64
     iterations: int = 1
     warmup: int = 1
@@ -63,6 +68,10 @@ class SweepConfig:
             raise ValueError("iterations and max_new_tokens must be >= 1; warmup and prompts per suite >= 0")
         if any(k < 0 for k in self.ks) or not self.ks or not self.drafts:
             raise ValueError("give at least one draft and K >= 0")
+        if not self.tree_nodes or any(n < 0 for n in self.tree_nodes):
+            raise ValueError("tree sizes must be >= 0 (0: chains)")
+        if any(self.tree_nodes) and self.temperature != 0:
+            raise ValueError("token trees are verified greedily: --tree-nodes needs --temperature 0")
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready (paths as strings)."""
@@ -87,7 +96,8 @@ class SweepConfig:
             methods.append(Method(HF))
             equivalent = [d for d in self.drafts if d == "ngram" or d.startswith("model:")]
             methods += [Method(HF_ASSISTED, d, k) for d in equivalent for k in self.ks if k > 0]
-        for draft, k, policy, controller in itertools.product(self.drafts, self.ks, self.policies, self.controllers):
+        grid = itertools.product(self.drafts, self.ks, self.policies, self.controllers, self.tree_nodes)
+        for draft, k, policy, controller, tree_nodes in grid:
             if draft != BASELINE:
-                methods.append(Method("specdec", draft, k, policy, controller))
+                methods.append(Method("specdec", draft, k, policy, controller, tree_nodes))
         return methods

@@ -76,7 +76,8 @@ class SpecdecTarget:
     async def run(self, method: Method, prompt: Prompt, cfg: SweepConfig, measure_memory: bool = True) -> Run:
         request: dict[str, Any] = dict(
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed, draft=method.draft,
-            k=method.k, policy=method.policy, k_controller=method.controller,
+            k=method.k, policy=method.policy, k_controller=method.controller, tree_nodes=method.tree_nodes,
+            draft_min_confidence=cfg.draft_min_confidence,
         )  # fmt: skip
         if self.lm is not None:
             request["prompt_token_ids"] = prompt_ids(self.lm, prompt)
@@ -194,7 +195,8 @@ class HttpTarget:
     async def run(self, method: Method, prompt: Prompt, cfg: SweepConfig, measure_memory: bool = True) -> Run:
         extra: dict[str, Any] = {}
         if self.send_spec_fields:
-            extra = {"draft": method.draft, "k": method.k, "policy": method.policy, "k_controller": method.controller}
+            extra = {"draft": method.draft, "k": method.k, "policy": method.policy, "k_controller": method.controller,
+                     "tree_nodes": method.tree_nodes or None}  # fmt: skip
             extra = {k: v for k, v in extra.items() if v not in ("", None)}
         messages = [{"role": r, "content": c} for r, c in prompt.messages] or None
         result = await self.remote.generate(

@@ -94,9 +94,10 @@ class DraftSession:
         # The other drafters roll back by position on the next call, so assumed tokens are just context here.
         return self.drafter.propose([*self.committed, *assumed], max_tokens, min_confidence)
 
-    def propose_tree(self, position: int, depth: int, nodes: int) -> TreeBlock | None:
-        """A token tree (at most `nodes` tokens, `depth` deep) from committed length `position`, or None when this
-        draft builds chains only (the caller proposes a chain instead)."""
+    def propose_tree(self, position: int, depth: int, nodes: int, min_probability: float = 0.0) -> TreeBlock | None:
+        """A token tree (at most `nodes` tokens, `depth` deep, each with a path probability under the draft of at
+        least `min_probability`) from committed length `position`, or None when this draft builds chains only (the
+        caller proposes a chain instead)."""
         if not isinstance(self.drafter, EagleDrafter) or not self.drafter.sampling.greedy:
             return None
         if not 1 <= depth <= MAX_BLOCK_TOKENS or not 1 <= nodes <= MAX_BLOCK_TOKENS:
@@ -106,7 +107,9 @@ class DraftSession:
             raise FailedPrecondition(
                 f"propose position {position} does not match the committed length {len(self.committed)}"
             )
-        return self.drafter.propose_tree(self.committed, depth, nodes)
+        if not 0.0 <= min_probability <= 1.0:  # NaN fails too
+            raise OutOfRange(f"propose.min_confidence must be in [0, 1], got {min_probability}")
+        return self.drafter.propose_tree(self.committed, depth, nodes, min_probability=min_probability)
 
     def commit(self, position: int, token_ids: list[int], hidden: tuple[int, torch.Tensor] | None = None) -> None:
         """Tokens committed from `position` on; anything the draft assumed after it is dropped. `hidden`: the

@@ -132,7 +132,7 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
         assumed = list(request.assumed_token_ids)  # draft-ahead: being verified, assumed accepted
         if request.tree_nodes and not assumed:
             tree = await self.worker.run(session.propose_tree, request.position, request.max_tokens,
-                                         request.tree_nodes)  # fmt: skip
+                                         request.tree_nodes, request.min_confidence)  # fmt: skip
             if tree is not None:
                 draft_ms = (time.perf_counter() - start) * 1e3
                 self.metrics.observe_forward(session.spec.kind, draft_ms)

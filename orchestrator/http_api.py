@@ -114,6 +114,7 @@ def parse_common(body: dict[str, Any], max_tokens_default: int) -> tuple[Generat
         draft=_field(body, "draft", str, ""),
         k=k,
         policy=_field(body, "policy", str, ""),
+        tree_nodes=_field(body, "tree_nodes", int, 0),
     )
     if request.k is not None and request.k < 0:
         raise InvalidArgument(f"k must be >= 0, got {request.k}")

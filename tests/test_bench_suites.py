@@ -38,3 +38,13 @@ def test_prompt_files(tmp_path: Path) -> None:
             load_prompts(bad)
     with pytest.raises(ValueError, match="unknown suite 'poetry'"):
         load_suite("poetry")
+
+
+def test_the_sweep_crosses_tree_sizes_and_refuses_sampled_trees() -> None:
+    from specdec.bench.sweep import SweepConfig
+
+    cfg = SweepConfig(drafts=["eagle"], ks=[4], tree_nodes=[0, 8], hf_peers=False)
+    cfg.validate()
+    assert [m.label for m in cfg.methods()] == ["none", "eagle k=4 fixed", "eagle k=4 tree=8 fixed"]
+    with pytest.raises(ValueError, match="greedily"):
+        SweepConfig(tree_nodes=[8], temperature=0.7).validate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -566,6 +567,10 @@ def test_eagle_trees_score_every_path_as_drafting_it_as_a_chain_would() -> None:
             feature = head.forward_cached(feature, embedding[tree.tokens[i]][None, None], fresh.cache)
         assert score == pytest.approx(tree.scores[node], abs=1e-4)
     assert [t for t, _ in drafter.propose(committed, 4)] == chain  # tree drafting left the cache as it was
+    floor = sorted(tree.scores)[len(tree.scores) // 2]  # keep only the likelier half (path probability)
+    pruned = drafter.propose_tree(committed, 3, 9, beam=3, min_probability=math.exp(floor) - 1e-9)
+    assert 0 < len(pruned.tokens) < len(tree.tokens) and min(pruned.scores) >= floor - 1e-6
+    assert set(zip(pruned.tokens, pruned.scores, strict=True)) <= set(zip(tree.tokens, tree.scores, strict=True))
 
 
 async def test_greedy_identity_with_eagle_trees(tiny_stack, tiny_target: Path, tiny_heads: dict[str, Path]) -> None:

@@ -16,6 +16,7 @@ nodes of all levels (a child is never likelier than its parent, so they form a t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -191,8 +192,13 @@ class EagleDrafter:
                 feature = self.head.forward_cached(feature, token_emb, self.cache)
 
     @torch.inference_mode()
-    def propose_tree(self, committed: Sequence[int], depth: int, nodes: int, beam: int = TREE_BEAM) -> TreeBlock:
-        """A greedy token tree of at most `nodes` tokens, at most `depth` deep (see the module docstring)."""
+    def propose_tree(
+        self, committed: Sequence[int], depth: int, nodes: int, beam: int = TREE_BEAM, min_probability: float = 0.0
+    ) -> TreeBlock:
+        """A greedy token tree of at most `nodes` tokens, at most `depth` deep (see the module docstring), holding
+        only tokens whose path probability under the draft is at least `min_probability` (each costs the target a
+        verified position: an unlikely one costs more than it is expected to gain)."""
+        floor = math.log(min_probability) if min_probability > 0 else -math.inf
         root = self._root_feature(committed)
         if root is None or depth < 1 or nodes < 1:
             return TreeBlock([], [], [])
@@ -200,14 +206,17 @@ class EagleDrafter:
         tree: list[_Node] = []
         frontier = self._children(root[0], [-1], [0.0], [[]], 0, beam, tree)
         for level in range(1, depth):
-            frontier = sorted(frontier, key=lambda i: -tree[i].score)[:beam]  # the likeliest nodes go on
+            frontier = [i for i in sorted(frontier, key=lambda i: -tree[i].score)[:beam] if tree[i].score >= floor]
+            if not frontier:  # nothing likely enough to grow
+                break
             expanded = self._expand(frontier, tree, true_pairs + level - 1, true_pairs)
             frontier = self._children(
                 expanded, frontier, [tree[i].score for i in frontier], [tree[i].pairs for i in frontier], level, beam,
                 tree,
             )  # fmt: skip
         self.cache.rollback(true_pairs)
-        chosen = sorted(range(len(tree)), key=lambda i: (-tree[i].score, tree[i].depth, i))[:nodes]
+        likely = [i for i in range(len(tree)) if tree[i].score >= floor]
+        chosen = sorted(likely, key=lambda i: (-tree[i].score, tree[i].depth, i))[:nodes]
         order = sorted(chosen, key=lambda i: (tree[i].depth, i))  # parents before children
         index = {node: i for i, node in enumerate(order)}
         parents = [index[tree[i].parent] if tree[i].parent >= 0 else -1 for i in order]
