@@ -79,12 +79,7 @@ class DraftSession:
         tokens being verified that the draft takes as accepted without committing them."""
         if not 1 <= max_tokens <= MAX_BLOCK_TOKENS:
             raise OutOfRange(f"propose.max_tokens must be in [1, {MAX_BLOCK_TOKENS}], got {max_tokens}")
-        if not 0.0 <= min_confidence <= 1.0:  # NaN fails too
-            raise OutOfRange(f"propose.min_confidence must be in [0, 1], got {min_confidence}")
-        if position != len(self.committed):
-            raise FailedPrecondition(
-                f"propose position {position} does not match the committed length {len(self.committed)}"
-            )
+        self._check_propose(position, min_confidence)
         if len(assumed) > MAX_BLOCK_TOKENS:
             raise OutOfRange(f"propose.assumed_token_ids has {len(assumed)} tokens; at most {MAX_BLOCK_TOKENS}")
         self._check_ids(list(assumed), "propose.assumed_token_ids")
@@ -93,6 +88,14 @@ class DraftSession:
             return self.drafter.propose_ahead(self.committed, assumed, max_tokens)
         # The other drafters roll back by position on the next call, so assumed tokens are just context here.
         return self.drafter.propose([*self.committed, *assumed], max_tokens, min_confidence)
+
+    def _check_propose(self, position: int, min_confidence: float) -> None:
+        if not 0.0 <= min_confidence <= 1.0:  # NaN fails too
+            raise OutOfRange(f"propose.min_confidence must be in [0, 1], got {min_confidence}")
+        if position != len(self.committed):
+            raise FailedPrecondition(
+                f"propose position {position} does not match the committed length {len(self.committed)}"
+            )
 
     def propose_tree(self, position: int, depth: int, nodes: int, min_probability: float = 0.0) -> TreeBlock | None:
         """A token tree (at most `nodes` tokens, `depth` deep, each with a path probability under the draft of at
@@ -103,12 +106,7 @@ class DraftSession:
         if not 1 <= depth <= MAX_BLOCK_TOKENS or not 1 <= nodes <= MAX_BLOCK_TOKENS:
             raise OutOfRange(f"a tree must be 1 to {MAX_BLOCK_TOKENS} deep and hold 1 to {MAX_BLOCK_TOKENS} tokens; "
                              f"got depth {depth}, {nodes} tokens")  # fmt: skip
-        if position != len(self.committed):
-            raise FailedPrecondition(
-                f"propose position {position} does not match the committed length {len(self.committed)}"
-            )
-        if not 0.0 <= min_probability <= 1.0:  # NaN fails too
-            raise OutOfRange(f"propose.min_confidence must be in [0, 1], got {min_probability}")
+        self._check_propose(position, min_probability)
         return self.drafter.propose_tree(self.committed, depth, nodes, min_probability=min_probability)
 
     def commit(self, position: int, token_ids: list[int], hidden: tuple[int, torch.Tensor] | None = None) -> None:

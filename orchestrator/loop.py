@@ -314,13 +314,13 @@ async def speculative_step(
         if proposal is None:
             stats.draft_calls += 1
             proposal = await draft.propose(unsent.take(), position, step, k, spec.draft_min_confidence, spec.tree_nodes)
-        if proposal is not None and proposal.parents:  # a tree: at most tree_nodes tokens, k deep, verified whole
-            block = verified = proposal.truncated(spec.tree_nodes)
+        if proposal is not None:
+            # a tree (at most tree_nodes tokens, k deep) is verified whole; a chain as the controller trims it
+            tree = bool(proposal.parents)
+            block = proposal.truncated(spec.tree_nodes if tree else k)
             draft_network_ms = max(0.0, block.round_trip_ms - block.draft_ms)
-        elif proposal is not None:
-            block = proposal.truncated(k)
-            draft_network_ms = max(0.0, block.round_trip_ms - block.draft_ms)
-            verified = block.truncated(controller.trim(block.tokens, block.match_length, position))
+            trimmed = len(block.tokens) if tree else controller.trim(block.tokens, block.match_length, position)
+            verified = block.truncated(trimmed)
     proposed = len(block.tokens)
     sent_at = await verifier.send_verify(position, step, verified.tokens, verified.probs, verified.parents)
     asked = None

@@ -215,21 +215,19 @@ class VerifierSession:
             self.kv.compact(position, [position + i for i in path])
         else:
             self.kv.rollback(position + num_accepted)  # rejected positions never survive a verdict
-        logprobs = self._logprobs(block_logits[[0, *(1 + i for i in path)]], committed_now)
+        chain = block.parents is None
+        # the logits rows the committed tokens were drawn from: the root's, then each accepted node's
+        logprobs = self._logprobs(block_logits, slice(0, num_accepted + 1) if chain else [0, *(1 + i for i in path)],
+                                  committed_now)  # fmt: skip
         hidden, hidden_start = None, first_uncached
         if out.hidden is not None:  # rows for the committed inputs: pending + accepted drafts
-            rows = [*range(block.num_pending), *(block.num_pending + i for i in path)]
+            p = block.num_pending
+            rows = slice(0, p + num_accepted) if chain else [*range(p), *(p + i for i in path)]
             hidden = out.hidden[rows].float().cpu()
             if self.unsent_hidden is not None and len(self.unsent_hidden) == first_uncached:
                 hidden, hidden_start = torch.cat([self.unsent_hidden, hidden]), 0  # the prompt's rows come first
             self.unsent_hidden = None
-        if block.parents is not None:
-            outcomes, bonus = tree_outcomes(block.parents, path)
-        else:
-            outcomes = [ACCEPTED] * num_accepted
-            if num_accepted < k:
-                outcomes += [REJECTED] + [SKIPPED] * (k - num_accepted - 1)
-            bonus = num_accepted == k
+        outcomes, bonus = tree_outcomes(list(range(-1, k - 1)) if chain else block.parents or [], path)
         return VerifyOutcome(
             num_accepted=num_accepted,
             token_ids=committed_now,
@@ -241,7 +239,7 @@ class VerifierSession:
             logprobs=logprobs,
             hidden_start=hidden_start,
             hidden=hidden,
-            accepted_nodes=path if block.parents is not None else [],
+            accepted_nodes=[] if chain else path,
         )
 
     @property
@@ -283,7 +281,8 @@ class VerifierSession:
         k = len(draft_tokens)
         tokens = torch.tensor([draft_tokens], dtype=torch.long, device=device).reshape(1, k)  # [1, K]
         tree = torch.tensor([parents], dtype=torch.long, device=device).reshape(1, k)  # [1, K]
-        accepted, nodes, output = kernels.tree_greedy_verify(block_logits[None], tokens, tree, torch.tensor([k]))
+        num_draft = torch.tensor([k], device=device)  # [1]
+        accepted, nodes, output = kernels.tree_greedy_verify(block_logits[None], tokens, tree, num_draft)
         a = int(accepted[0])
         return [int(i) for i in nodes[0, :a]], int(output[0, a])
 
@@ -292,10 +291,12 @@ class VerifierSession:
         seed = self.options.sampling.seed
         return draw_acceptance_randoms(self.generator, seed, self.committed_length, k, vocab_size, self.lm.device)
 
-    def _logprobs(self, logits: torch.Tensor, tokens: list[int]) -> list[float]:
+    def _logprobs(self, logits: torch.Tensor, rows: slice | list[int], tokens: list[int]) -> list[float]:
+        """log p of each committed token under the logits `rows` it was drawn from (indexed only when asked for:
+        a list of rows copies them)."""
         if not self.options.return_logprobs:
             return []
-        logp = torch.log_softmax(logits.float(), dim=-1)  # [a+1, V]
+        logp = torch.log_softmax(logits[rows].float(), dim=-1)  # [a+1, V]
         index = torch.tensor(tokens, device=logp.device)[:, None]
         return logp.gather(1, index).squeeze(1).tolist()
 
@@ -323,8 +324,9 @@ class VerifierSession:
 
 
 def tree_outcomes(parents: Sequence[int], path: Sequence[int]) -> tuple[list[str], bool]:
-    """Per draft token of a tree: accepted on the path, rejected when a child of the path's end (or of the root
-    when nothing was accepted), else skipped; and whether the final token is a bonus (nothing was rejected)."""
+    """Per draft token of a tree (a chain: parents -1, 0, 1, ...): accepted on the path, rejected when a child of
+    the path's end (or of the root when nothing was accepted), else skipped; and whether the final token is a bonus
+    (nothing was rejected)."""
     end = path[-1] if path else -1
     on_path = set(path)
     outcomes = [ACCEPTED if i in on_path else REJECTED if parent == end else SKIPPED for i, parent in
