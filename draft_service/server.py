@@ -137,7 +137,8 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
                 draft_ms = (time.perf_counter() - start) * 1e3
                 self.metrics.observe_forward(session.spec.kind, draft_ms)
                 yield draft_pb2.DraftChunk(step=request.step, position=request.position, token_ids=tree.tokens,
-                                           parents=tree.parents, last=True, draft_ms=draft_ms)  # fmt: skip
+                                           parents=tree.parents, path_logprobs=tree.scores, last=True,
+                                           draft_ms=draft_ms)  # fmt: skip
                 return
         proposals = session.propose(request.position, request.max_tokens, request.min_confidence, assumed)
         position = request.position + len(assumed)

@@ -36,33 +36,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from specdec.orchestrator.rates import MAX_PRIOR_STRENGTH, PRIOR_STRENGTH, DecayedRate
+from specdec.orchestrator.tree_cost import HitRates, PendingTree, bin_of, decide, likeliest_first, node_paths
+
 if TYPE_CHECKING:
     from specdec.orchestrator.k_control import StepObservation
 
 PRIOR_ALPHA = 0.5  # acceptance assumed before anything was measured
-PRIOR_STRENGTH = 2.0  # pseudo-trials behind a prior acceptance
-MAX_PRIOR_STRENGTH = 8.0  # what earlier sessions taught weighs at most this many of this session's trials
 CAUTION = 1.0  # decisions use acceptance estimates this many standard errors below the mean
 PRIOR_SLOPE = 0.05  # t_verify(K) ~ t_verify(0) * (1 + PRIOR_SLOPE * K) until measured
 OUTLIER = 2.0  # a K's cost estimate above this multiple of the prior model is suspect while it goes unmeasured
 RELAX = 0.2  # per target-only step, how far such an estimate relaxes towards that ceiling
 NO_PROPOSAL = -1  # the bucket of a draft call that proposed nothing
 FREE_DRAFT = 0.02  # a draft whose K_max tokens cost < 2% of a target step is treated as free
-
-
-@dataclass
-class DecayedRate:
-    """Successes over trials, older observations fading by `decay` per update."""
-
-    hits: float = 0.0
-    trials: float = 0.0
-
-    def add(self, hits: float, trials: float, decay: float) -> None:
-        self.hits = self.hits * decay + hits
-        self.trials = self.trials * decay + trials
-
-    def estimate(self, prior: float, strength: float = PRIOR_STRENGTH) -> float:
-        return (self.hits + strength * prior) / (self.trials + strength)
 
 
 @dataclass
@@ -223,6 +209,7 @@ class CostPriors:
 
     acceptance: AcceptanceStats = field(default_factory=AcceptanceStats)
     timings: Timings = field(default_factory=Timings)
+    tree_hits: HitRates = field(default_factory=lambda: HitRates(decay=0.99))
 
 
 def bucket_of(match_length: int) -> int:
@@ -253,6 +240,7 @@ class CostModelK:
         priors: CostPriors | None = None,
         min_calls: int = 8,
         free_draft: bool | None = None,
+        trees: bool = False,
     ) -> None:
         self.k_start = min(k_start, k_max)
         self.k_max = k_max
@@ -264,6 +252,10 @@ class CostModelK:
         # a session forgets faster than the shared priors: its content shifts (prose, then a copy)
         self.acceptance = AcceptanceStats(parent=priors.acceptance if priors else None, decay=0.9)
         self.timings = Timings(parent=priors.timings if priors else None)
+        self.trees = trees  # the draft is asked for token trees: K is their depth, `trim_tree` picks the nodes
+        self.tree_hits = HitRates(parent=priors.tree_hits if priors else None)
+        self._pending_trees: list[PendingTree] = []
+        self.tree_saving: float | None = None  # EMA of what a tree call saved (ms), as predicted when trimmed
         self._pending: list[tuple[int, list[int], int]] = []  # proposals not yet scored: (position, tokens, bucket)
         self._start: int | None = None  # position of the first committed token seen
         self._output: list[int] = []  # committed tokens from _start on
@@ -278,7 +270,7 @@ class CostModelK:
             return self.k_start  # nothing measured anywhere yet: draft at the starting K
         if 0 not in known:
             return 0  # measure a target-only step once: every choice is relative to it
-        k = self._ask_size()
+        k = self._tree_ask_size() if self.trees else self._ask_size()
         if k > 0:
             self.skipped = 0
             return k
@@ -286,7 +278,15 @@ class CostModelK:
         if self.skipped <= self._probe_interval():
             return 0
         self.skipped = 0  # probe: a call now and then keeps the estimates alive
+        if self.trees:
+            return self.k_start
         return self.k_max if self._draft_is_free() else min(2, self.k_max)
+
+    def _tree_ask_size(self) -> int:
+        """Trees are drafted k_start deep (their node count is trimmed, not asked); the call is skipped once
+        trees have been seen to cost more than they save."""
+        paid = self.calls < self.min_calls or self.tree_saving is None or self.tree_saving > 0
+        return self.k_start if paid else 0
 
     def _probe_interval(self) -> int:
         """Steps between probes: often enough that a cheap call is hardly ever skipped for long, at most
@@ -314,6 +314,7 @@ class CostModelK:
 
     def trim(self, tokens: Sequence[int], match_length: int, position: int) -> int:
         """How many of the proposed tokens (for positions `position` ..) to verify."""
+        self.trees = False  # asked for a tree, this draft answers chains: K is a chain's length again
         bucket = bucket_of(match_length)
         self.acceptance.record_proposal(bucket if tokens else NO_PROPOSAL)
         if not tokens:
@@ -322,6 +323,33 @@ class CostModelK:
         if not self.timings.measured_verify():
             return len(tokens)  # warm-up: measure what the starting K costs
         return self.best_k(bucket, len(tokens))
+
+    def trim_tree(
+        self, tokens: Sequence[int], parents: Sequence[int], logprobs: Sequence[float], position: int,
+        call_ms: float = 0.0,
+    ) -> list[int]:  # fmt: skip
+        """Which nodes of a proposed tree (for positions `position` ..) to verify: the likeliest n, for the n
+        with the highest predicted rate (see tree_cost.py); every node given, without path probabilities.
+        `call_ms`: what the draft call cost (its round trip), for judging whether trees pay at all."""
+        self.trees = True
+        if len(logprobs) != len(tokens):
+            return list(range(len(tokens)))
+        paths = node_paths(tokens, parents)
+        bins = [bin_of(lp) for lp in logprobs]
+        if tokens:
+            self._pending_trees.append(PendingTree(position, paths, bins))
+        order = likeliest_first(logprobs, parents)
+        if not self.timings.measured_verify():
+            return order  # warm-up: measure what a whole tree costs
+        expected = [1.0]
+        for i in order:
+            expected.append(expected[-1] + self.tree_hits.rate(bins[i]))
+        network = self.timings.network_ms()
+        best = max(range(len(order) + 1), key=lambda n: expected[n] / max(self.timings.verify_ms(n) + network, 1e-6))
+        target_only_ms = self.timings.verify_ms(0) + network
+        saving = expected[best] * target_only_ms - (self.timings.verify_ms(best) + network) - call_ms
+        self.tree_saving = ema(self.tree_saving, saving, self.timings.weight)
+        return order[:best]
 
     def rate(self, first_rate: float, next_rate: float, k: int, draft_ms: float = 0.0) -> float:
         """Predicted tokens per millisecond when verifying k drafts that cost draft_ms to make."""
@@ -357,6 +385,7 @@ class CostModelK:
         if position != self._start + len(self._output):
             raise ValueError(f"committed tokens at {position}, expected {self._start + len(self._output)}")
         self._output.extend(committed)
+        self._learn_tree_hits()
         still_open = []
         for start, tokens, bucket in self._pending:
             seen = self._output[start - self._start : start - self._start + len(tokens)]
@@ -366,3 +395,19 @@ class CostModelK:
             else:
                 still_open.append((start, tokens, bucket))
         self._pending = still_open
+
+    def _learn_tree_hits(self) -> None:
+        """Score every node of the pending trees that the committed output now decides."""
+        assert self._start is not None
+        counts: dict[int, tuple[int, int]] = {}
+        still_open = []
+        for tree in self._pending_trees:
+            decided, rest = decide(tree, self._output[tree.position - self._start :])
+            for index, (hits, nodes) in decided.items():
+                total_hits, total = counts.get(index, (0, 0))
+                counts[index] = (total_hits + hits, total + nodes)
+            if rest is not None:
+                still_open.append(rest)
+        self._pending_trees = still_open
+        if counts:
+            self.tree_hits.record(counts)

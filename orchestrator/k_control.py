@@ -9,7 +9,8 @@ the lossless guarantee. K = 0 means a target-only step (no draft call at all).
 - `confidence` (llama.cpp's rule): propose up to K_max and let the draft stop itself when its own top-1
   probability falls below p_min (sent with each propose).
 - `cost` (ours): see `cost_model.py`: K chosen per step to maximise expected committed tokens per second,
-  from acceptance by prompt-lookup match length and step times measured online; K = 0 included.
+  from acceptance by prompt-lookup match length and step times measured online; K = 0 included. With token
+  trees K is their depth and the nodes worth verifying are chosen by their path probabilities (`tree_cost.py`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ class FixedK:
     def trim(self, tokens: Sequence[int], match_length: int, position: int) -> int:
         return len(tokens)
 
+    def trim_tree(
+        self, tokens: Sequence[int], parents: Sequence[int], logprobs: Sequence[float], position: int,
+        call_ms: float = 0.0,
+    ) -> list[int]:  # fmt: skip
+        """The nodes of a proposed tree to verify (indices): all of them."""
+        return list(range(len(tokens)))
+
     def observe(self, step: StepObservation) -> None:
         pass
 
@@ -73,10 +81,11 @@ KController = FixedK | CostModelK
 
 
 def make_controller(
-    name: str, k: int, k_max: int, priors: CostPriors | None = None, free_draft: bool | None = None
-) -> KController:
+    name: str, k: int, k_max: int, priors: CostPriors | None = None, free_draft: bool | None = None,
+    trees: bool = False,
+) -> KController:  # fmt: skip
     """`free_draft`: the draft is known to cost nothing per token (prompt lookup, suffix trees); None: judge
-    by the measured draft time."""
+    by the measured draft time. `trees`: the draft is asked for token trees (K is their depth)."""
     if name == "fixed":
         return FixedK(k)
     if name == "heuristic":
@@ -84,5 +93,5 @@ def make_controller(
     if name == "confidence":
         return FixedK(k_max)  # the draft stops itself below p_min
     if name == "cost":
-        return CostModelK(k_start=k, k_max=k_max, priors=priors, free_draft=free_draft)
+        return CostModelK(k_start=k, k_max=k_max, priors=priors, free_draft=free_draft, trees=trees)
     raise InvalidArgument(f"k_controller must be one of {CONTROLLERS}, got {name!r}")

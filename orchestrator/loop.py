@@ -315,12 +315,15 @@ async def speculative_step(
             stats.draft_calls += 1
             proposal = await draft.propose(unsent.take(), position, step, k, spec.draft_min_confidence, spec.tree_nodes)
         if proposal is not None:
-            # a tree (at most tree_nodes tokens, k deep) is verified whole; a chain as the controller trims it
+            # a tree (at most tree_nodes tokens, k deep) or a chain, as the controller trims it
             tree = bool(proposal.parents)
             block = proposal.truncated(spec.tree_nodes if tree else k)
             draft_network_ms = max(0.0, block.round_trip_ms - block.draft_ms)
-            trimmed = len(block.tokens) if tree else controller.trim(block.tokens, block.match_length, position)
-            verified = block.truncated(trimmed)
+            if tree:
+                verified = block.subtree(controller.trim_tree(
+                    block.tokens, block.parents, block.path_logprobs, position, block.round_trip_ms))  # fmt: skip
+            else:
+                verified = block.truncated(controller.trim(block.tokens, block.match_length, position))
     proposed = len(block.tokens)
     sent_at = await verifier.send_verify(position, step, verified.tokens, verified.probs, verified.parents)
     asked = None
@@ -400,7 +403,12 @@ async def run_sample(
     position = len(spec.prompt_token_ids)  # committed length
     logprobs: list[float] = []
     controller = make_controller(
-        spec.k_controller, spec.k, spec.k_max, spec.cost_priors, free_draft=not spec.draft.uses_model
+        spec.k_controller,
+        spec.k,
+        spec.k_max,
+        spec.cost_priors,
+        free_draft=not spec.draft.uses_model,
+        trees=spec.tree_nodes > 0,
     )
     unsent = UnsentCommit()
     finish = ""

@@ -118,11 +118,22 @@ class DraftBlock:
     round_trip_ms: float = 0.0
     match_length: int = 0  # prompt lookup: length of the matched suffix (see DraftChunk.match_length)
     parents: list[int] = field(default_factory=list)  # a token tree (DraftChunk.parents); empty: a chain
+    path_logprobs: list[float] = field(default_factory=list)  # a tree's (DraftChunk.path_logprobs); may be empty
 
     def truncated(self, keep: int) -> DraftBlock:
         """The first `keep` tokens (and their q) of this block (of a tree: still a tree, parents come first)."""
         return DraftBlock(self.tokens[:keep], self.probs[:keep], self.draft_ms, self.round_trip_ms, self.match_length,
-                          self.parents[:keep])  # fmt: skip
+                          self.parents[:keep], self.path_logprobs[:keep])  # fmt: skip
+
+    def subtree(self, nodes: Sequence[int]) -> DraftBlock:
+        """The tree of these nodes only (indices, each node's parent among them), in their original order with
+        the parents renumbered."""
+        keep = sorted(nodes)
+        index = {node: i for i, node in enumerate(keep)}
+        parents = [index[self.parents[i]] if self.parents[i] >= 0 else -1 for i in keep]  # KeyError: not a tree
+        return DraftBlock([self.tokens[i] for i in keep], [self.probs[i] for i in keep] if self.probs else [],
+                          self.draft_ms, self.round_trip_ms, self.match_length, parents,
+                          [self.path_logprobs[i] for i in keep] if self.path_logprobs else [])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -179,10 +190,14 @@ class DraftStream(_SessionStream):
             block.tokens.extend(chunk.token_ids)
             block.probs.extend(chunk.probs)
             block.parents.extend(chunk.parents)
+            block.path_logprobs.extend(chunk.path_logprobs)
             block.match_length = max(block.match_length, chunk.match_length)
             if chunk.last:
                 block.draft_ms = chunk.draft_ms
                 break
+        if block.path_logprobs and len(block.path_logprobs) != len(block.tokens):
+            raise Unavailable(f"the draft service sent {len(block.path_logprobs)} path_logprobs for "
+                              f"{len(block.tokens)} tokens")  # fmt: skip
         block.round_trip_ms = (time.perf_counter() - sent.at) * 1e3
         return block
 

@@ -8,6 +8,7 @@ Run: python scripts/build_head_prompts.py   (deterministic: seeded)
 
 `--questions N` writes chat-generated.jsonl instead: N natural questions sampled from the default target itself
 (draft_service/heads/questions.py; seeded, ~10 minutes for 1,600 here), varied where the templates are not.
+`--questions N --seed S --name chat-generated-S` adds another such set, none of its questions in an earlier one.
 """
 
 from __future__ import annotations
@@ -432,21 +433,33 @@ def write_set(name: str, prompts: list[str], bench: set[str]) -> None:
     print(name, len(unique))
 
 
-def write_generated_questions(count: int) -> None:
+def write_generated_questions(count: int, seed: int, name: str) -> None:
+    """`count` target-written questions into `name`.jsonl, none equal to a benchmark prompt or to a question of
+    another written set (so a second seed only adds)."""
     from specdec.draft_service.heads.questions import write_questions
     from specdec.modeling import load_model
 
     bench = bench_prompts()
-    write_set("chat-generated", write_questions(load_model("default"), count, seed=0, exclude=bench), bench)
+    earlier = {
+        json.loads(line)["messages"][0]["content"]
+        for path in OUT.glob("chat-generated*.jsonl")
+        if path.stem != name
+        for line in path.read_text().splitlines()
+        if line.strip()
+    }
+    questions = write_questions(load_model("default"), count, seed=seed, exclude=bench | earlier)
+    write_set(name, questions, bench)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", type=int, default=0, help="write N target-written questions instead")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the written questions")
+    parser.add_argument("--name", default="chat-generated", help="file the written questions go to (no suffix)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.questions:
-        write_generated_questions(args.questions)
+        write_generated_questions(args.questions, args.seed, args.name)
         return
     rng = random.Random(0)
     chat, unused_chat = chat_prompts(rng, 520)

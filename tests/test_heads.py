@@ -596,6 +596,13 @@ async def test_greedy_identity_with_eagle_trees(tiny_stack, tiny_target: Path, t
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.generate(prompt_token_ids=[1, 2], draft="eagle", tree_nodes=10_000)
         assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        for prompt in PROMPTS:  # the cost controller verifies only the nodes it expects to pay
+            ids = lm.tokenizer.encode(prompt)
+            response = await client.generate(prompt_token_ids=ids, max_new_tokens=MAX_NEW,
+                                             draft=f"eagle:{tiny_heads['eagle']}", k=3, k_controller="cost",
+                                             tree_nodes=8)  # fmt: skip
+            assert_greedy_identical(lm, ids, list(response.completions[0].token_ids), hf_greedy(lm, ids, MAX_NEW))
+            assert not response.stats.draft_failure and response.stats.draft_calls > 0
         ids = lm.tokenizer.encode(PROMPTS[0])  # a draft without trees answers with chains
         response = await client.generate(prompt_token_ids=ids, max_new_tokens=MAX_NEW, draft="ngram", k=3,
                                          k_controller="fixed", tree_nodes=8)  # fmt: skip

@@ -84,7 +84,7 @@ class DraftSessionOpened(_message.Message):
     def __init__(self, draft: _Optional[str] = ..., sends_probs: _Optional[bool] = ...) -> None: ...
 
 class DraftChunk(_message.Message):
-    __slots__ = ("step", "position", "token_ids", "probs", "last", "draft_ms", "match_length", "parents")
+    __slots__ = ("step", "position", "token_ids", "probs", "last", "draft_ms", "match_length", "parents", "path_logprobs")
     STEP_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class DraftChunk(_message.Message):
     DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
     MATCH_LENGTH_FIELD_NUMBER: _ClassVar[int]
     PARENTS_FIELD_NUMBER: _ClassVar[int]
+    PATH_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     step: int
     position: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -101,4 +102,5 @@ class DraftChunk(_message.Message):
     draft_ms: float
     match_length: int
     parents: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ..., last: _Optional[bool] = ..., draft_ms: _Optional[float] = ..., match_length: _Optional[int] = ..., parents: _Optional[_Iterable[int]] = ...) -> None: ...
+    path_logprobs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ..., last: _Optional[bool] = ..., draft_ms: _Optional[float] = ..., match_length: _Optional[int] = ..., parents: _Optional[_Iterable[int]] = ..., path_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
