@@ -24,7 +24,7 @@ from specdec import kernels
 from specdec.sampling import SamplingConfig, logits_to_probs
 
 TEMPERATURE_ONE = SamplingConfig(temperature=1.0)
-KERNELS = ("greedy_verify", "rejection_sample", "rejection_sample_one_hot")
+KERNELS = ("greedy_verify", "rejection_sample", "rejection_sample_one_hot", "tree_greedy_verify")
 HEADLINE = (64, 8, 49152)  # the goal: fused rejection sampler >= 3x torch, within 2x of the floor
 Outputs = tuple[torch.Tensor, torch.Tensor]
 
@@ -57,6 +57,7 @@ def make_inputs(b: int, k: int, v: int, device: torch.device, seed: int = 0) -> 
         "q": q,
         "drafts": drafts,
         "num_draft": torch.full((b,), k, device=device, dtype=torch.long),
+        "parents": (torch.arange(k, device=device) - 1).div(2, rounding_mode="floor")[None].expand(b, k),  # binary
         "uniforms": torch.rand(b, k, device=device, generator=gen),
         "noise": torch.empty(b, k + 1, v, device=device).exponential_(generator=gen),
     }
@@ -68,7 +69,7 @@ def floor_bytes(kernel: str, inputs: dict[str, torch.Tensor], num_accepted: torc
     v = inputs["p"].shape[-1]
     k = inputs["drafts"].shape[1]
     element = inputs["p"].element_size()
-    if kernel == "greedy_verify":
+    if kernel in ("greedy_verify", "tree_greedy_verify"):  # a tree: the rows of the path's nodes and the root
         return int((num_accepted + 1).sum()) * v * element
     rows = num_accepted.numel()
     if kernel == "rejection_sample_one_hot":  # the acceptance races read p and noise rows 0 .. a
@@ -136,6 +137,15 @@ def kernel_call(kernel: str, backend: str, x: dict[str, torch.Tensor], **tuning:
         )
     if kernel == "greedy_verify":
         return lambda: kernels.greedy_verify(x["logits"], x["drafts"], x["num_draft"], backend=backend)
+    if kernel == "tree_greedy_verify":
+
+        def tree() -> Outputs:
+            accepted, _, out = kernels.tree_greedy_verify(
+                x["logits"], x["drafts"], x["parents"], x["num_draft"], backend=backend
+            )
+            return accepted, out
+
+        return tree
     if kernel == "rejection_sample_one_hot":
         return lambda: kernels.rejection_sample(
             x["p"], None, x["drafts"], x["num_draft"], x["uniforms"], x["noise"], backend=backend

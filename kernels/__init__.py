@@ -21,7 +21,8 @@ Triton runs only through its interpreter (`TRITON_INTERPRET=1`), which tests use
 - `tree_greedy_verify(target_logits[B, N+1, V], draft_tokens[B, N], parents[B, N], num_draft[B])
   -> (num_accepted[B], accepted_nodes[B, N], output_tokens[B, N+1])`: a token tree (parents precede children,
   -1 = a child of the last committed token); the accepted path is the deepest chain of nodes each equal to the
-  target's argmax after its parent. Torch code only for now.
+  target's argmax after its parent. The Triton kernel (one program per tree) reads a logits row only when an
+  accepted node has a child to check against it: (path length + 1) rows at most, as greedy_verify.
 
 The LOSSY policies (`lossy_verify`: typical, topk-agree, threshold) run as torch code only: their rules
 are a few elementwise ops on the same gathered p(d_i) values, and the step that costs (reading the final
@@ -141,11 +142,9 @@ def tree_greedy_verify(
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact-match verification of a token tree. Returns num_accepted[B], accepted_nodes[B, N],
-    output_tokens[B, N+1]. Torch code only (a Triton version is not written yet)."""
-    if backend == "triton" or os.environ.get("SPECDEC_KERNELS") == "triton":
-        raise KernelUnavailable("tree verification runs as torch code only")
-    _state.backend = "torch"
-    return reference.tree_greedy_verify(target_logits, draft_tokens, parents, num_draft)
+    output_tokens[B, N+1]."""
+    args = (target_logits, draft_tokens, parents, num_draft)
+    return _dispatch("tree_greedy_verify", backend, target_logits.device, args)  # type: ignore[no-any-return]
 
 
 def lossy_verify(

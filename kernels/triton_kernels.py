@@ -1,6 +1,6 @@
 """Triton versions of the acceptance step, exactly matching `reference.py`.
 
-Both kernels read the vocabulary in BLOCK-wide tiles and stop early: greedy verification reads the
+The kernels read the vocabulary in BLOCK-wide tiles and stop early: greedy verification reads the
 target's logits only up to the first mismatch ((a+1)·V values instead of (K+1)·V), and rejection sampling
 reads one distribution row for its final token. Inside a row every tile is folded into per-lane running
 maxima (elementwise compares, no reduction in the loop, so the loads stream); one reduction per row at the
@@ -237,6 +237,66 @@ def _rejection_sample_kernel(
             tl.store(num_accepted_ptr + b, a)
 
 
+@triton.jit
+def _tree_greedy_verify_kernel(
+    logits_ptr,  # [B, N+1, V] row 0: after the last committed token; row 1+i: after node i
+    tokens_ptr,  # [B, N] int64
+    parents_ptr,  # [B, N] int64, -1: a child of the last committed token
+    num_draft_ptr,  # [B] int64
+    num_accepted_ptr,  # [B] int64, out
+    nodes_ptr,  # [B, N] int64, out, pre-filled with -1
+    out_ptr,  # [B, N+1] int64, out, pre-filled with -1
+    N,
+    V,
+    stride_lb,
+    stride_lk,
+    stride_tb,
+    stride_pb,
+    stride_nb,
+    stride_ob,
+    N1_POW2: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One program per tree. Nodes are visited in order (parents first); a row's argmax is read only when an
+    accepted node (or the root) has a child to check against it, and kept in registers for its siblings."""
+    b = tl.program_id(0)
+    n = tl.load(num_draft_ptr + b)
+    rows = tl.arange(0, N1_POW2)  # logits row r = after node r-1 (r = 0: the root)
+    argmax = tl.full([N1_POW2], -1, tl.int64)  # per row, -1 until read
+    accepted = rows == 0  # per row: its node is accepted (the root always is)
+    depth = tl.zeros([N1_POW2], tl.int64)  # per row: its node's depth
+    best = tl.full([], 0, tl.int64)  # row of the deepest accepted node (the lowest index among equals), 0 = root
+    best_depth = tl.full([], 0, tl.int64)
+    for i in range(0, N):
+        if i < n:
+            parent_row = tl.load(parents_ptr + b * stride_pb + i) + 1
+            on_row = rows == parent_row
+            if tl.sum(tl.where(on_row, accepted, 0)) > 0:
+                top = tl.sum(tl.where(on_row, argmax, 0))
+                if top < 0:  # not read yet
+                    top = _row_argmax(logits_ptr + b * stride_lb + parent_row * stride_lk, V, BLOCK).to(tl.int64)
+                    argmax = tl.where(on_row, top, argmax)
+                token = tl.load(tokens_ptr + b * stride_tb + i)
+                if token == top:
+                    d = tl.sum(tl.where(on_row, depth, 0)) + 1
+                    accepted = accepted | (rows == i + 1)
+                    depth = tl.where(rows == i + 1, d, depth)
+                    if d > best_depth:
+                        best, best_depth = tl.zeros([], tl.int64) + i + 1, d
+    final = tl.sum(tl.where(rows == best, argmax, 0))
+    if final < 0:  # the path's last node had no child to check: its row is read now
+        final = _row_argmax(logits_ptr + b * stride_lb + best * stride_lk, V, BLOCK).to(tl.int64)
+    tl.store(out_ptr + b * stride_ob + best_depth, final)
+    tl.store(num_accepted_ptr + b, best_depth)
+    row = best
+    for slot in range(0, N):  # walk from the path's end to the root, writing each node at its depth
+        if slot < best_depth:
+            node = row - 1
+            tl.store(nodes_ptr + b * stride_nb + best_depth - 1 - slot, node)
+            tl.store(out_ptr + b * stride_ob + best_depth - 1 - slot, tl.load(tokens_ptr + b * stride_tb + node))
+            row = tl.load(parents_ptr + b * stride_pb + node) + 1
+
+
 def _outputs(b: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     num_accepted = torch.empty(b, dtype=torch.long, device=device)  # [B] every row is written
     out = torch.full((b, k + 1), -1, dtype=torch.long, device=device)  # [B, K+1]
@@ -318,3 +378,28 @@ def rejection_sample(
         BLOCK=tile, num_warps=num_warps or NUM_WARPS,
     )  # fmt: skip
     return num_accepted, out
+
+
+def tree_greedy_verify(
+    target_logits: torch.Tensor,  # [B, N+1, V]
+    draft_tokens: torch.Tensor,  # [B, N]
+    parents: torch.Tensor,  # [B, N]
+    num_draft: torch.Tensor,  # [B]
+    block: int | None = None,
+    num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b, n1, v = target_logits.shape
+    device = target_logits.device
+    logits = target_logits.contiguous()
+    tokens = draft_tokens.long().contiguous()
+    tree = parents.long().contiguous()
+    num = num_draft.long().contiguous()
+    num_accepted = torch.empty(b, dtype=torch.long, device=device)  # [B] every row is written
+    nodes = torch.full((b, n1 - 1), -1, dtype=torch.long, device=device)  # [B, N]
+    out = torch.full((b, n1), -1, dtype=torch.long, device=device)  # [B, N+1]
+    _tree_greedy_verify_kernel[(b,)](
+        logits, tokens, tree, num, num_accepted, nodes, out, n1 - 1, v,
+        logits.stride(0), logits.stride(1), tokens.stride(0), tree.stride(0), nodes.stride(0), out.stride(0),
+        N1_POW2=triton.next_power_of_2(n1), BLOCK=_block(v, block), num_warps=num_warps or NUM_WARPS,
+    )  # fmt: skip
+    return num_accepted, nodes, out

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import random
 
 import pytest
 import torch
@@ -235,7 +236,43 @@ def test_kernel_benchmark_smoke_run_writes_json(tmp_path) -> None:
     assert main(["--smoke", "--backends", "torch,triton", "--out", str(out)]) == 0  # 1: the backends disagree
     result = json.loads(out.read_text())
     rows = result["rows"]
-    assert {r["kernel"] for r in rows} == {"greedy_verify", "rejection_sample", "rejection_sample_one_hot"}
+    assert {r["kernel"] for r in rows} == {
+        "greedy_verify",
+        "rejection_sample",
+        "rejection_sample_one_hot",
+        "tree_greedy_verify",
+    }
     assert {r["backend"] for r in rows} == {"torch", "triton"}
     assert all(r["median_ms"] > 0 and r["floor_bytes"] > 0 for r in rows)
     assert result["mismatches"] == [] and result["sweep"], result["mismatches"]
+
+
+@pytest.mark.parametrize(("b", "n", "v"), [(1, 0, 5), (1, 1, 7), (5, 9, 4), (3, 12, 2100), (4, 6, 3)])
+def test_tree_greedy_verify_matches_the_reference(b: int, n: int, v: int) -> None:
+    from tests.test_tree_verify import _random_tree
+
+    rng = random.Random(b * 100 + n)
+    for seed in range(3):
+        sizes = [rng.randrange(0, n + 1) for _ in range(b)]
+        tokens = torch.zeros(b, n, dtype=torch.long)
+        parents = torch.full((b, n), -1, dtype=torch.long)
+        for row, size in enumerate(sizes):
+            t, p = _random_tree(rng, size, min(v, 4))  # few distinct tokens: long accepted paths
+            tokens[row, :size], parents[row, :size] = torch.tensor(t), torch.tensor(p)
+        logits = torch.randn(b, n + 1, v, generator=torch.Generator().manual_seed(seed))
+        logits[:, :, : min(v, 4)] += 3.0  # the tree's tokens are the likely ones
+        if v > 2048:
+            logits[0, 0, 2050] = logits[0, 0].max()  # a tie across tiles: the lower index wins
+        logits[-1, 0, 1] = float("-inf")
+        args = (logits, tokens, parents, torch.tensor(sizes))
+        got = kernels.tree_greedy_verify(*args, backend="triton")
+        assert kernels.last_backend() == "triton"
+        want = reference.tree_greedy_verify(*args)
+        for g, w, name in zip(got, want, ("num_accepted", "nodes", "tokens"), strict=True):
+            assert g.tolist() == w.tolist(), f"{name}: {g.tolist()} vs {w.tolist()}"
+    chain = torch.arange(-1, n - 1)[None].expand(b, n)  # a chain: greedy_verify's verdict
+    logits = torch.randn(b, n + 1, v, generator=torch.Generator().manual_seed(7))
+    drafts = logits[:, :n].argmax(-1)
+    accepted, _, out = kernels.tree_greedy_verify(logits, drafts, chain, torch.full((b,), n), backend="triton")
+    assert accepted.tolist() == [n] * b and out.tolist() == kernels.greedy_verify(
+        logits, drafts, torch.full((b,), n), backend="torch")[1].tolist()  # fmt: skip
