@@ -24,6 +24,11 @@ Triton runs only through its interpreter (`TRITON_INTERPRET=1`), which tests use
   target's argmax after its parent. The Triton kernel (one program per tree) reads a logits row only when an
   accepted node has a child to check against it: (path length + 1) rows at most, as greedy_verify.
 
+- `tree_rejection_sample(target_probs[B, N+1, V], draft_probs[B, N, V], draft_tokens[B, N], parents[B, N],
+  num_draft[B], uniforms[B, N], noise[B, N+1, V]) -> (num_accepted[B], accepted_nodes[B, N], output_tokens[B, N+1])`:
+  a sampled tree (each node's children drawn from q without replacement, in index order), verified by recursive
+  rejection sampling: lossless. Torch code only.
+
 The LOSSY policies (`lossy_verify`: typical, topk-agree, threshold) run as torch code only: their rules
 are a few elementwise ops on the same gathered p(d_i) values, and the step that costs (reading the final
 row) is the same as greedy's.
@@ -147,6 +152,24 @@ def tree_greedy_verify(
     return _dispatch("tree_greedy_verify", backend, target_logits.device, args)  # type: ignore[no-any-return]
 
 
+def tree_rejection_sample(
+    target_probs: torch.Tensor,  # [B, N+1, V]
+    draft_probs: torch.Tensor,  # [B, N, V]
+    draft_tokens: torch.Tensor,  # [B, N]
+    parents: torch.Tensor,  # [B, N]
+    num_draft: torch.Tensor,  # [B]
+    uniforms: torch.Tensor,  # [B, N]
+    noise: torch.Tensor,  # [B, N+1, V]
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Recursive rejection sampling of a sampled token tree. Returns num_accepted[B], accepted_nodes[B, N],
+    output_tokens[B, N+1]. Torch code only."""
+    if backend == "triton" or os.environ.get("SPECDEC_KERNELS") == "triton":
+        raise KernelUnavailable("sampled token trees are verified by torch code only")
+    _state.backend = "torch"
+    return reference.tree_rejection_sample(target_probs, draft_probs, draft_tokens, parents, num_draft, uniforms, noise)
+
+
 def lossy_verify(
     target_probs: torch.Tensor,  # [B, K+1, V] p (at temperature 0: softmax of the raw logits)
     draft_tokens: torch.Tensor,  # [B, K]
@@ -182,4 +205,5 @@ __all__ = [
     "rejection_sample",
     "resolve_backend",
     "tree_greedy_verify",
+    "tree_rejection_sample",
 ]

@@ -102,6 +102,65 @@ def rejection_sample(
     return num_accepted, _assemble(draft_tokens, num_accepted, final)
 
 
+def tree_rejection_sample(
+    target_probs: torch.Tensor,  # [B, N+1, V] p after temperature/top-k/top-p; row 0: the root's, row 1+i: node i's
+    draft_probs: torch.Tensor,  # [B, N, V] q of node i: the distribution it and its siblings were drawn from
+    draft_tokens: torch.Tensor,  # [B, N] children of a node in the order they were drawn
+    parents: torch.Tensor,  # [B, N] each node's parent node, or -1 for a child of the last committed token
+    num_draft: torch.Tensor,  # [B]
+    uniforms: torch.Tensor,  # [B, N] U[0, 1), one per node
+    noise: torch.Tensor,  # [B, N+1, V] Exp(1), one row per logits row
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Recursive rejection sampling down a token tree (SpecInfer; Jeon et al. 2024), lossless: the committed tokens
+    are distributed exactly as the target's own samples, provided each node's children were drawn from q WITHOUT
+    replacement, in their index order, and how many children a node has was settled before they were drawn.
+
+    At an accepted node (the root first), with target distribution p and children c_1 .. c_m drawn from q:
+        q_j = q without c_1 .. c_{j-1}, renormalised (what c_j was drawn from)
+        accept c_j when u_j * q_j(c_j) < p(c_j)      (probability min(1, p/q_j)): go down to c_j
+        else p <- norm(max(0, p - q_j))              (the target given that c_j was not its token)
+    When no child is accepted the recovered token is drawn from that p (the residual); at a leaf the bonus token
+    from the leaf's p. Draws are exponential races argmax(dist / noise) on the node's noise row. A chain (one
+    child per node) is exactly `rejection_sample` (for q < 1; it couples a one-hot q's test to the race).
+
+    Returns num_accepted[B], accepted_nodes[B, N] (the path's node indices, then PAD) and output_tokens[B, N+1]
+    (the path's tokens, the final token, then PAD), as `tree_greedy_verify`."""
+    b, n = draft_tokens.shape
+    device = draft_tokens.device
+    num_accepted = torch.zeros(b, dtype=torch.long, device=device)
+    nodes = torch.full((b, n), PAD, dtype=torch.long, device=device)
+    out = torch.full((b, n + 1), PAD, dtype=torch.long, device=device)
+    for row in range(b):
+        size = int(num_draft[row])
+        tree = parents[row, :size].tolist()
+        tokens = draft_tokens[row, :size].tolist()
+        node, path = -1, []
+        while True:
+            p = target_probs[row, node + 1].float()  # [V]
+            drawn = torch.zeros_like(p, dtype=torch.bool)  # [V] siblings tried so far
+            child = None
+            for c in (i for i in range(size) if tree[i] == node):
+                q = torch.where(drawn, 0.0, draft_probs[row, c].float())  # [V] q_j
+                q = q / q.sum().clamp_min(torch.finfo(q.dtype).tiny)
+                token = tokens[c]
+                if float(uniforms[row, c]) * float(q[token]) < float(p[token]):
+                    child = c
+                    break
+                residual = (p - q).clamp_min(0.0)  # [V]
+                mass = residual.sum()
+                p = residual / mass if mass > 0 else p  # an empty residual means p == q_j: a rejection had p 0
+                drawn[token] = True
+            if child is None:
+                out[row, len(path)] = (p / noise[row, node + 1]).argmax()
+                break
+            path.append(child)
+            node = child
+        num_accepted[row] = len(path)
+        nodes[row, : len(path)] = torch.tensor(path, dtype=torch.long)
+        out[row, : len(path)] = torch.tensor([tokens[i] for i in path], dtype=torch.long)
+    return num_accepted, nodes, out
+
+
 # --- LOSSY policies: they accept more than the target would produce; output may differ from the target's ---
 
 
