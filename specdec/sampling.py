@@ -100,6 +100,23 @@ def draw_acceptance_randoms(
     return uniforms, noise.clamp_min_(torch.finfo(noise.dtype).tiny)
 
 
+def draw_tree_randoms(
+    gen: torch.Generator, seed: int, position: int, nodes: int, vocab_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random inputs of one sampled tree's verification at committed length `position`: uniforms[N] (one per
+    node) and noise[N+1, V] (one row per logits row). A tree's nodes are not positions, so the draws are keyed by
+    (position, node): each step starts at a new committed length, and no draw that decided one step's outcome is
+    used again by a later step (keys by position + i would be: a later block starts inside this one)."""
+    uniforms = torch.empty(nodes, device=device)  # [N]
+    noise = torch.empty(nodes + 1, vocab_size, device=device)  # [N+1, V]
+    for i in range(nodes + 1):
+        reseed_for_position(gen, seed, position, f"tree-accept-{i}")
+        noise[i].exponential_(generator=gen)
+        if i < nodes:
+            uniforms[i : i + 1].uniform_(generator=gen)
+    return uniforms, noise.clamp_min_(torch.finfo(noise.dtype).tiny)
+
+
 def sample_from(probs: torch.Tensor, gen: torch.Generator) -> int:
     """One token from probs[V]."""
     return int(torch.multinomial(probs, 1, generator=gen).item())

@@ -11,7 +11,7 @@ import torch
 
 from specdec.errors import FailedPrecondition, InvalidArgument
 from specdec.modeling import LoadedModel
-from specdec.sampling import SamplingConfig
+from specdec.sampling import SamplingConfig, logits_to_probs
 from specdec.static_cache import GraphOptions
 from specdec.verifier_service.core import SessionOptions, VerifierCore, VerifierSession, tree_outcomes
 from tests.helpers import hf_greedy, load
@@ -107,6 +107,42 @@ def test_tree_blocks_are_refused_precisely(lm: LoadedModel) -> None:
         session.verify(n, [1, 2], None, [-1, 1])
     sampled = VerifierSession(lm, SessionOptions(prompt, sampling=SamplingConfig(temperature=0.8, seed=1)))
     sampled.prefill()
-    with pytest.raises(FailedPrecondition, match="verified greedily only"):
+    with pytest.raises(InvalidArgument, match="needs draft_probs"):
         sampled.verify(n, [1, 2], None, [-1, -1])
+    lossy = VerifierSession(lm, SessionOptions(prompt, policy="typical"))
+    lossy.prefill()
+    with pytest.raises(FailedPrecondition, match="losslessly only"):
+        lossy.verify(n, [1, 2], None, [-1, -1])
     assert session.verify(n, [1, 2], None, [-1, -1]).committed_length == n + 1  # the session keeps working
+
+
+@torch.inference_mode()
+def test_sampled_tree_blocks_keep_the_targets_distribution(lm: LoadedModel) -> None:
+    """Over seeds, the first committed token of a sampled tree block (two children of the root, drawn without
+    replacement from a q unlike p) is distributed as the target's own sample (top-4 sampling: 4 outcomes)."""
+    prompt = lm.tokenizer.encode("the weather today")
+    sampling = SamplingConfig(temperature=1.0, top_k=4, seed=0)
+    logits = lm.model(torch.tensor([prompt])).logits[0, -1]
+    p = logits_to_probs(logits, sampling)  # [V] the target's distribution for the first new token
+    support = torch.nonzero(p).squeeze(1)
+    q = torch.zeros_like(p)
+    q[support] = torch.tensor([0.1, 0.2, 0.3, 0.4])  # not the target's
+    q[(int(support.max()) + 1) % lm.vocab_size] = 0.2  # and mass where the target has none
+    q /= q.sum()
+    counts = torch.zeros_like(p)
+    seeds = 600
+    for seed in range(seeds):
+        session = VerifierSession(lm, SessionOptions(prompt, sampling=SamplingConfig(1.0, 4, 1.0, seed)))
+        session.prefill()
+        children = torch.multinomial(q, 2, replacement=False, generator=torch.Generator().manual_seed(seed))
+        outcome = session.verify(len(prompt), children.tolist(), q.expand(2, -1).clone(), [-1, -1])
+        counts[outcome.token_ids[0]] += 1
+        assert outcome.num_accepted == len(outcome.accepted_nodes) <= 1
+        if seed < 20:  # seeded: the same verdict again
+            again = VerifierSession(lm, SessionOptions(prompt, sampling=SamplingConfig(1.0, 4, 1.0, seed)))
+            again.prefill()
+            assert again.verify(len(prompt), children.tolist(), q.expand(2, -1).clone(), [-1, -1]).token_ids == (
+                outcome.token_ids
+            )
+    tv = 0.5 * float((counts / seeds - p).abs().sum())
+    assert tv < 0.08, f"total variation {tv:.3f}"

@@ -4,9 +4,10 @@ Invariant between verdicts: the session's KV cache covers committed positions on
 committed token is uncached, so a verify pass feeds [uncached committed tail, d_1 .. d_K] and reads the
 K+1 next-token distributions for positions n .. n+K.
 
-Token trees (greedy exact policy only): the K draft tokens form a tree below the last committed token (each with a
-parent index); the pass feeds them in tree order with an ancestor mask, the tree kernel picks the accepted path,
-and `compact` moves the path's cache entries to positions n .. before the rest is dropped.
+Token trees (exact policy only): the K draft tokens form a tree below the last committed token (each with a parent
+index); the pass feeds them in tree order with an ancestor mask, a tree kernel picks the accepted path (greedy:
+the target's argmax; sampling: recursive rejection sampling, which needs each node's q), and `compact` moves the
+path's cache entries to positions n .. before the rest is dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from specdec.policies import LOSSY_POLICIES, resolve_policy, resolve_policy_para
 from specdec.sampling import (
     SamplingConfig,
     draw_acceptance_randoms,
+    draw_tree_randoms,
     logits_to_probs,
     make_generator,
 )
@@ -149,7 +151,7 @@ class VerifierSession:
             raise FailedPrecondition("the session is closed")
         self._check_block(position, draft_tokens, draft_probs)
         if parents is not None:
-            self._check_tree(draft_tokens, parents)
+            self._check_tree(draft_tokens, parents, draft_probs)
         self._make_room(len(self.committed) + len(draft_tokens))  # the block's last input is at committed + K - 1
         pending = self.kv.pending(self.committed)  # uncached committed tail, >= 1 token
         want_hidden = self.options.return_hidden_states
@@ -164,7 +166,7 @@ class VerifierSession:
         )
         return PendingBlock(self, position, draft_tokens, draft_probs, len(pending), job, parents)
 
-    def _check_tree(self, tokens: list[int], parents: list[int]) -> None:
+    def _check_tree(self, tokens: list[int], parents: list[int], probs: torch.Tensor | None) -> None:
         if len(parents) != len(tokens):
             raise InvalidArgument(f"draft_parents has {len(parents)} entries for {len(tokens)} draft tokens")
         bad = [i for i, parent in enumerate(parents) if not -1 <= parent < i]
@@ -172,11 +174,11 @@ class VerifierSession:
             raise InvalidArgument(
                 f"draft_parents[{bad[0]}] is {parents[bad[0]]}; a parent must be -1 or an earlier draft token"
             )
-        if not self.greedy_exact:
-            raise FailedPrecondition(
-                f"token trees are verified greedily only (policy exact at temperature 0); this session uses "
-                f"{self.policy!r} at temperature {self.options.sampling.temperature}"
-            )
+        if self.policy in LOSSY_POLICIES:
+            raise FailedPrecondition(f"token trees are verified losslessly only (exact or rejection); this session "
+                                     f"uses {self.policy!r}")  # fmt: skip
+        if not self.options.sampling.greedy and probs is None:
+            raise InvalidArgument("a sampled token tree needs draft_probs (the distribution each node was drawn from)")
         if not supports_batching(self.lm.model):
             raise FailedPrecondition(f"token trees need a Llama-family target (llama, mistral, qwen2); the target "
                                      f"is {self.lm.name}")  # fmt: skip
@@ -201,7 +203,7 @@ class VerifierSession:
         block_logits = out.logits  # [K+1, V] row 0: after the last committed token; row 1+i: after draft i
         accept_start = time.perf_counter()
         if block.parents is not None:
-            path, final_token = self._accept_tree(block_logits, draft_tokens, block.parents)
+            path, final_token = self._accept_tree(block_logits, draft_tokens, block.parents, block.draft_probs)
             num_accepted = len(path)
         else:
             num_accepted, final_token = accepted or self._accept(block_logits, draft_tokens, block.draft_probs)
@@ -244,8 +246,7 @@ class VerifierSession:
 
     @property
     def greedy_exact(self) -> bool:
-        """Acceptance is the target's argmax: sessions like this share one batched greedy_verify call (chains), and
-        only they may send token trees."""
+        """Acceptance is the target's argmax: sessions like this share one batched greedy_verify call (chains)."""
         return self.policy == "exact" and self.options.sampling.greedy
 
     def _accept(
@@ -274,15 +275,27 @@ class VerifierSession:
         return a, int(output[0, a])
 
     def _accept_tree(
-        self, block_logits: torch.Tensor, draft_tokens: list[int], parents: list[int]
+        self, block_logits: torch.Tensor, draft_tokens: list[int], parents: list[int], draft_probs: torch.Tensor | None
     ) -> tuple[list[int], int]:
-        """The tree kernel with B = 1. Returns (the accepted path's node indices, final token)."""
+        """A tree kernel with B = 1: greedy, or recursive rejection sampling when the session samples. Returns (the
+        accepted path's node indices, final token)."""
         device = block_logits.device
         k = len(draft_tokens)
         tokens = torch.tensor([draft_tokens], dtype=torch.long, device=device).reshape(1, k)  # [1, K]
         tree = torch.tensor([parents], dtype=torch.long, device=device).reshape(1, k)  # [1, K]
         num_draft = torch.tensor([k], device=device)  # [1]
-        accepted, nodes, output = kernels.tree_greedy_verify(block_logits[None], tokens, tree, num_draft)
+        sampling = self.options.sampling
+        if sampling.greedy:
+            accepted, nodes, output = kernels.tree_greedy_verify(block_logits[None], tokens, tree, num_draft)
+        else:
+            assert draft_probs is not None  # _check_tree
+            p = logits_to_probs(block_logits, sampling)  # [K+1, V]
+            uniforms, noise = draw_tree_randoms(
+                self.generator, sampling.seed, self.committed_length, k, p.shape[-1], device
+            )  # [K], [K+1, V]
+            accepted, nodes, output = kernels.tree_rejection_sample(
+                p[None], draft_probs.to(device)[None], tokens, tree, num_draft, uniforms[None], noise[None]
+            )
         a = int(accepted[0])
         return [int(i) for i in nodes[0, :a]], int(output[0, a])
 
