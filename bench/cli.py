@@ -47,7 +47,7 @@ def add_bench_parser(
     what.add_argument("--k-controller", type=csv_of(str), default=["fixed"], help="comma-separated")
     what.add_argument(
         "--tree-nodes", type=csv_of(int), default=[0],
-        help="comma-separated token-tree sizes (0 = chains; trees: greedy, drafts that build them), e.g. 0,8",
+        help="comma-separated token-tree sizes (0 = chains; trees: lossless policies, eagle), e.g. 0,8",
     )  # fmt: skip
     what.add_argument(
         "--draft-min-confidence", type=float, default=0.0,

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from specdec.bench.suites import Prompt, load_prompts, load_suite
+from specdec.policies import LOSSY_POLICIES
 
 BASELINE = "none"  # the target-only row, through the same services
 HF = "hf"  # HF `generate` in-process on the same model object
@@ -70,8 +71,8 @@ class SweepConfig:
             raise ValueError("give at least one draft and K >= 0")
         if not self.tree_nodes or any(n < 0 for n in self.tree_nodes):
             raise ValueError("tree sizes must be >= 0 (0: chains)")
-        if any(self.tree_nodes) and self.temperature != 0:
-            raise ValueError("token trees are verified greedily: --tree-nodes needs --temperature 0")
+        if any(self.tree_nodes) and any(policy in LOSSY_POLICIES for policy in self.policies):
+            raise ValueError("token trees are verified losslessly: --tree-nodes needs the exact or rejection policy")
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready (paths as strings)."""

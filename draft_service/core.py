@@ -101,7 +101,7 @@ class DraftSession:
         """A token tree (at most `nodes` tokens, `depth` deep, each with a path probability under the draft of at
         least `min_probability`) from committed length `position`, or None when this draft builds chains only (the
         caller proposes a chain instead)."""
-        if not isinstance(self.drafter, EagleDrafter) or not self.drafter.sampling.greedy:
+        if not isinstance(self.drafter, EagleDrafter):
             return None
         if not 1 <= depth <= MAX_BLOCK_TOKENS or not 1 <= nodes <= MAX_BLOCK_TOKENS:
             raise OutOfRange(f"a tree must be 1 to {MAX_BLOCK_TOKENS} deep and hold 1 to {MAX_BLOCK_TOKENS} tokens; "

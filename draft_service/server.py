@@ -136,9 +136,12 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
             if tree is not None:
                 draft_ms = (time.perf_counter() - start) * 1e3
                 self.metrics.observe_forward(session.spec.kind, draft_ms)
-                yield draft_pb2.DraftChunk(step=request.step, position=request.position, token_ids=tree.tokens,
-                                           parents=tree.parents, path_logprobs=tree.scores, last=True,
-                                           draft_ms=draft_ms)  # fmt: skip
+                # a sampled tree carries each node's q, and no path probabilities: trimming it by them would bias it
+                chunk = draft_pb2.DraftChunk(step=request.step, position=request.position, token_ids=tree.tokens,
+                                             parents=tree.parents, path_logprobs=[] if tree.probs else tree.scores,
+                                             last=True, draft_ms=draft_ms)  # fmt: skip
+                chunk.probs.extend(encode_distribution(q, encoding) for q in tree.probs)
+                yield chunk
                 return
         proposals = session.propose(request.position, request.max_tokens, request.min_confidence, assumed)
         position = request.position + len(assumed)

@@ -134,7 +134,7 @@ def tree_rejection_sample(
         size = int(num_draft[row])
         tree = parents[row, :size].tolist()
         tokens = draft_tokens[row, :size].tolist()
-        node, path = -1, []
+        node, path = -1, list[int]()
         while True:
             p = target_probs[row, node + 1].float()  # [V]
             drawn = torch.zeros_like(p, dtype=torch.bool)  # [V] siblings tried so far

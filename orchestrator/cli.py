@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tree-nodes",
         type=int,
         default=0,
-        help="token trees of up to N tokens per step, K deep, instead of chains of K (greedy only; eagle builds "
+        help="token trees of up to N tokens per step, K deep, instead of chains of K (lossless policies; eagle builds "
         "them, other drafts answer with chains); 0 = chains",
     )
     gen.add_argument(

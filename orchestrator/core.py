@@ -106,7 +106,7 @@ class GenerationRequest:
     model: str = ""
     probs_encoding: common_pb2.ProbsEncoding = common_pb2.PROBS_ENCODING_UNSPECIFIED
     draft_ahead: bool | None = None  # None: the server's default (on)
-    tree_nodes: int = 0  # token trees of up to this many tokens per step (greedy exact only); 0: chains
+    tree_nodes: int = 0  # token trees of up to this many tokens per step (lossless policies only); 0: chains
     deadline: float | None = None  # time.monotonic() by which the client wants the answer (gRPC deadline)
     trace_parent: Any = None  # the caller's OpenTelemetry context (from gRPC metadata or HTTP headers), if any
 
@@ -371,10 +371,10 @@ class OrchestratorCore:
             raise OutOfRange(f"draft_min_confidence must be in [0, 1], got {min_confidence}")
         if not 0 <= request.tree_nodes <= MAX_BLOCK_TOKENS:
             raise OutOfRange(f"tree_nodes must be in [0, {MAX_BLOCK_TOKENS}], got {request.tree_nodes}")
-        if request.tree_nodes and (not base.greedy or policy != "exact"):
+        if request.tree_nodes and policy in LOSSY_POLICIES:
             raise InvalidArgument(
-                f"tree_nodes needs greedy decoding with the exact policy (token trees are verified greedily); "
-                f"got temperature {base.temperature} and policy {policy!r}"
+                f"tree_nodes needs a lossless policy (exact or rejection: token trees are verified losslessly); "
+                f"got {policy!r}"
             )
         if draft.kind == "none":
             k = 0

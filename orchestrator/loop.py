@@ -141,7 +141,7 @@ class SampleSpec:
     target_hidden_size: int = 0
     cost_priors: CostPriors | None = None  # what earlier sessions taught the `cost` controller
     draft_ahead: bool = False  # draft the next block while this one is verified (see `speculative_step`)
-    tree_nodes: int = 0  # ask for token trees of up to this many tokens, k deep (greedy exact only); 0: chains
+    tree_nodes: int = 0  # ask for token trees of up to this many tokens, k deep (lossless policies only); 0: chains
 
 
 @dataclass

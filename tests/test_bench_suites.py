@@ -46,5 +46,6 @@ def test_the_sweep_crosses_tree_sizes_and_refuses_sampled_trees() -> None:
     cfg = SweepConfig(drafts=["eagle"], ks=[4], tree_nodes=[0, 8], hf_peers=False)
     cfg.validate()
     assert [m.label for m in cfg.methods()] == ["none", "eagle k=4 fixed", "eagle k=4 tree=8 fixed"]
-    with pytest.raises(ValueError, match="greedily"):
-        SweepConfig(tree_nodes=[8], temperature=0.7).validate()
+    SweepConfig(tree_nodes=[8], temperature=0.7).validate()  # sampled trees: rejection sampling
+    with pytest.raises(ValueError, match="losslessly"):
+        SweepConfig(tree_nodes=[8], policies=["typical"]).validate()

@@ -52,6 +52,39 @@ def tv(a: torch.Tensor, b: torch.Tensor) -> float:
     return 0.5 * float((a - b).abs().sum())
 
 
+async def sample_counts(
+    client: SpecdecClient, prompt: list[int], vocab: int, sampling: SamplingConfig, **request: object
+) -> tuple[torch.Tensor, int, int, set[int]]:
+    """CALLS x SAMPLES_PER_CALL completions (seeds 0 ..): the count of each token at each of the first NEW_TOKENS
+    positions (column V: generation had ended), draft tokens, accepted tokens, the K values used."""
+    counts = torch.zeros(NEW_TOKENS, vocab + 1)
+    drafted = accepted = 0
+    used_k: set[int] = set()
+    for call in range(CALLS):
+        response = await client.generate(
+            prompt_token_ids=prompt, max_new_tokens=NEW_TOKENS, temperature=sampling.temperature,
+            top_k=sampling.top_k, top_p=sampling.top_p if sampling.top_p < 1 else 0.0, seed=call,
+            num_samples=SAMPLES_PER_CALL, **request,
+        )  # fmt: skip
+        drafted += response.stats.draft_tokens
+        accepted += response.stats.accepted_tokens
+        used_k.update(k for k, steps in enumerate(response.stats.k_histogram) if steps)
+        for completion in response.completions:
+            tokens = list(completion.token_ids) + [vocab] * NEW_TOKENS
+            for position, token in enumerate(tokens[:NEW_TOKENS]):
+                counts[position, token] += 1
+    return counts, drafted, accepted, used_k
+
+
+def assert_follows(counts: torch.Tensor, p: list[torch.Tensor]) -> None:
+    samples = CALLS * SAMPLES_PER_CALL
+    for position in range(NEW_TOKENS):
+        empirical = counts[position] / counts[position].sum()
+        assert counts[position].sum() == samples
+        # sampling noise at 1,280 samples over 17 outcomes is ~0.045 TV; a wrong rule is off by >= 0.3
+        assert tv(empirical, p[position]) < 0.1, f"position {position}: TV {tv(empirical, p[position]):.3f}"
+
+
 @pytest.fixture
 async def v16_stack(small_vocab_target: Path):
     async with EmbeddedStack(target=str(small_vocab_target), device="cpu", limits=Limits(samples_in_flight=16)) as s:
@@ -81,39 +114,49 @@ async def test_sampled_tokens_follow_the_target(
     assert tv(p[0], q_first) >= 0.3, "the draft must be far from the target for this test to mean anything"
 
     draft = f"model:{small_vocab_draft}" if draft_kind == "model" else "ngram"
-    counts = torch.zeros(NEW_TOKENS, target.vocab_size + 1)  # last column: generation had ended
-    drafted = accepted = 0
-    used_k: set[int] = set()
     async with SpecdecClient(v16_stack.address) as client:
-        for call in range(CALLS):
-            response = await client.generate(
-                prompt_token_ids=prompt,
-                max_new_tokens=NEW_TOKENS,
-                temperature=sampling.temperature,
-                top_k=sampling.top_k,
-                top_p=sampling.top_p if sampling.top_p < 1 else 0.0,
-                seed=call,
-                num_samples=SAMPLES_PER_CALL,
-                draft=draft,
-                k=K,
-                k_controller=controller,
-                probs_encoding=encoding,
-            )
-            drafted += response.stats.draft_tokens
-            accepted += response.stats.accepted_tokens
-            used_k.update(k for k, steps in enumerate(response.stats.k_histogram) if steps)
-            for completion in response.completions:
-                tokens = list(completion.token_ids) + [target.vocab_size] * NEW_TOKENS
-                for position, token in enumerate(tokens[:NEW_TOKENS]):
-                    counts[position, token] += 1
+        counts, drafted, accepted, used_k = await sample_counts(
+            client, prompt, target.vocab_size, sampling, draft=draft, k=K, k_controller=controller,
+            probs_encoding=encoding,
+        )  # fmt: skip
     assert drafted > 0 and 0 < accepted < drafted  # both accept and reject paths were exercised
     if controller != "fixed":
         assert len(used_k) >= 2, f"the controller should have changed K; used {used_k}"
-    samples = CALLS * SAMPLES_PER_CALL
-    for position in range(NEW_TOKENS):
-        empirical = counts[position] / counts[position].sum()
-        assert counts[position].sum() == samples
-        # sampling noise at 1,280 samples over 17 outcomes is ~0.045 TV; a wrong rule is off by >= 0.3
-        assert tv(empirical, p[position]) < 0.1, f"position {position}: TV {tv(empirical, p[position]):.3f}"
+    assert_follows(counts, p)
     if draft_kind == "model":
-        assert tv(counts[0] / samples, q_first) > 0.2
+        assert tv(counts[0] / (CALLS * SAMPLES_PER_CALL), q_first) > 0.2
+
+
+@pytest.fixture
+def small_vocab_eagle(tmp_path: Path, small_vocab_target: Path) -> Path:
+    """An untrained EAGLE head for the 16-token target (12 of its tokens in the draft vocabulary): its trees are
+    sampled from a q unlike p."""
+    from specdec.draft_service.heads.eagle import EagleHead
+    from specdec.draft_service.heads.layers import LayerShape
+    from specdec.draft_service.heads.store import HeadConfig, save_head
+    from specdec.draft_service.heads.train import target_identity
+
+    target = load(str(small_vocab_target))
+    hidden = int(target.model.config.hidden_size)
+    shape = LayerShape(hidden_size=hidden, num_heads=4, num_kv_heads=2, intermediate_size=2 * hidden)
+    torch.manual_seed(0)
+    head = EagleHead(shape, 12).eval()
+    head.vocab_ids.copy_(torch.arange(12))
+    out = tmp_path / "v16-eagle"
+    save_head(head, HeadConfig("eagle", target_identity(target), 12, layer=shape), out)
+    return out
+
+
+@pytest.mark.parametrize("encoding", [common_pb2.PROBS_ENCODING_SPARSE])
+async def test_sampled_token_trees_follow_the_target(v16_stack, small_vocab_target, small_vocab_eagle, encoding):
+    """Trees drawn without replacement and verified by recursive rejection sampling, through the services."""
+    target = load(str(small_vocab_target))
+    prompt = repetitive_prompt(target)
+    p = exact_marginals(target, prompt, NEW_TOKENS, SAMPLING)
+    async with SpecdecClient(v16_stack.address) as client:
+        counts, drafted, accepted, _ = await sample_counts(
+            client, prompt, target.vocab_size, SAMPLING, draft=f"eagle:{small_vocab_eagle}", k=2, tree_nodes=5,
+            k_controller="fixed", probs_encoding=encoding,
+        )  # fmt: skip
+    assert drafted > 0 and 0 < accepted < drafted
+    assert_follows(counts, p)

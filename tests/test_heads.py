@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from specdec.draft_service.core import DraftCore, DraftOptions
-from specdec.draft_service.heads.eagle import EagleDrafter, EagleHead
+from specdec.draft_service.heads.eagle import EagleDrafter, EagleHead, TreeBlock
 from specdec.draft_service.heads.layers import LayerCache, LayerShape
 from specdec.draft_service.heads.medusa import MedusaDrafter, MedusaHead
 from specdec.draft_service.heads.store import HeadConfig, build_head, load_head, save_head
@@ -573,6 +573,46 @@ def test_eagle_trees_score_every_path_as_drafting_it_as_a_chain_would() -> None:
     assert set(zip(pruned.tokens, pruned.scores, strict=True)) <= set(zip(tree.tokens, tree.scores, strict=True))
 
 
+@torch.inference_mode()
+def test_sampled_eagle_trees_draw_children_without_replacement_from_their_q() -> None:
+    shape = LayerShape(hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64)
+    head = random_eagle(shape, 50, 20)
+    embedding = torch.randn(50, 32)
+    hidden = torch.randn(4, 32)
+    committed = [1, 2, 3, 4, 5]
+    sampling = SamplingConfig(temperature=1.0, seed=3)
+
+    def tree_of(seed: int) -> TreeBlock:
+        drafter = EagleDrafter(head, embedding, 50, SamplingConfig(temperature=1.0, seed=seed))
+        drafter.observe_hidden(0, hidden)
+        return drafter.propose_tree(committed, 4, 12, beam=3)
+
+    tree = tree_of(3)
+    assert len(tree.tokens) == 12 == len(tree.probs) and all(-1 <= p < i for i, p in enumerate(tree.parents))
+    depths = [len(_path(tree.parents, i)) for i in range(12)]
+    assert depths == sorted(depths) and max(depths) == 4  # level by level, the budget spread to the full depth
+    outside = torch.ones(50, dtype=torch.bool)
+    outside[head.vocab_ids] = False
+    for parent in {-1, *tree.parents}:
+        children = [i for i, p in enumerate(tree.parents) if p == parent]
+        if not children:
+            continue
+        tokens = [tree.tokens[i] for i in children]
+        assert len(set(tokens)) == len(tokens)  # without replacement
+        q = tree.probs[children[0]]
+        assert all(torch.equal(tree.probs[i], q) for i in children)  # siblings: one q
+        assert float(q.sum()) == pytest.approx(1.0, abs=1e-5) and float(q[outside].sum()) == 0.0
+        assert all(float(q[t]) > 0 for t in tokens)
+    root_q = tree.probs[0]  # the root's q is the chain drafter's q for position n
+    chain = EagleDrafter(head, embedding, 50, sampling)
+    chain.observe_hidden(0, hidden)
+    first = next(iter(chain.propose(committed, 1)))
+    assert first[1] is not None and torch.allclose(first[1], root_q, atol=1e-6)
+    again = tree_of(3)
+    assert (again.tokens, again.parents) == (tree.tokens, tree.parents)  # seeded
+    assert any(tree_of(seed).tokens != tree.tokens for seed in range(4, 8))
+
+
 async def test_greedy_identity_with_eagle_trees(tiny_stack, tiny_target: Path, tiny_heads: dict[str, Path]) -> None:
     lm = load(str(tiny_target))
     async with SpecdecClient(tiny_stack.address) as client:
@@ -590,9 +630,18 @@ async def test_greedy_identity_with_eagle_trees(tiny_stack, tiny_target: Path, t
                 assert response.stats.draft_tokens >= min(nodes, 2 * k) * (response.stats.steps - 4)
                 assert len(response.stats.k_histogram) == nodes + 1  # whole trees were verified
                 assert len(response.stats.acceptance_per_position) <= k  # positions: the trees' depth
+        sampled = []  # sampled trees: seeded runs repeat
+        for seed in (11, 11, 12):
+            response = await client.generate(prompt_token_ids=lm.tokenizer.encode(PROMPTS[0]), max_new_tokens=MAX_NEW,
+                                             draft=f"eagle:{tiny_heads['eagle']}", k=3, k_controller="fixed",
+                                             tree_nodes=6, temperature=0.9, seed=seed)  # fmt: skip
+            assert not response.stats.draft_failure and response.stats.draft_tokens > 0
+            sampled.append(list(response.completions[0].token_ids))
+        assert sampled[0] == sampled[1] != sampled[2]
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await client.generate(prompt_token_ids=[1, 2], draft="eagle", tree_nodes=4, temperature=0.7)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "greedy" in err.value.details()
+            await client.generate(prompt_token_ids=[1, 2], draft="eagle", tree_nodes=4, temperature=0.7,
+                                  policy="typical")  # fmt: skip
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "lossless" in err.value.details()
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.generate(prompt_token_ids=[1, 2], draft="eagle", tree_nodes=10_000)
         assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE

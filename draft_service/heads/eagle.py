@@ -12,20 +12,25 @@ Trees (`EagleDrafter.propose_tree`, greedy): EAGLE-2's dynamic tree. Each level 
 (by the product of draft probabilities along their path), runs the layer once over all of them (each attending to
 the true pairs and its own ancestors' pairs), and scores their top children; the block is the `nodes` most likely
 nodes of all levels (a child is never likelier than its parent, so they form a tree).
+
+Sampled trees (temperature > 0): the children of a node are drawn from q WITHOUT replacement (in that order), and
+how many a node gets is settled before they are drawn (the budget spread over the levels), as recursive rejection
+sampling needs to stay lossless; which nodes grow children may depend on their scores, but no drawn node is
+dropped for its own score (that would bias what the verifier accepts), so the block is every node drawn.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from specdec.draft_service.heads.common import FeatureBuffer
 from specdec.draft_service.heads.layers import DecoderLayer, LayerCache, LayerShape, RMSNorm, rotary
-from specdec.sampling import SamplingConfig, draft_token, make_generator
+from specdec.sampling import SamplingConfig, draft_token, logits_to_probs, make_generator, reseed_for_position
 
 Proposal = tuple[int, torch.Tensor | None]
 TREE_BEAM = 4  # nodes expanded per level (and children scored per expanded node)
@@ -38,6 +43,8 @@ class TreeBlock:
     tokens: list[int]
     parents: list[int]
     scores: list[float]  # each token's path log-probability under the draft (the product along its path)
+    probs: list[torch.Tensor] = field(default_factory=list)  # sampled trees: q [V] each token (and its siblings)
+    # was drawn from; empty for greedy trees
 
 
 @dataclass
@@ -48,6 +55,7 @@ class _Node:
     score: float  # log of the product of draft probabilities along the path
     feature: torch.Tensor  # [1, 1, H] the predicted feature this node's token was drafted from
     pairs: list[int]  # cache offsets (after the true pairs) of its ancestors' pairs, once expanded: its own last
+    q: torch.Tensor | None = None  # sampled trees: [N] the draft-vocabulary distribution it was drawn from
 
 
 class EagleHead(nn.Module):
@@ -202,19 +210,34 @@ class EagleDrafter:
         root = self._root_feature(committed)
         if root is None or depth < 1 or nodes < 1:
             return TreeBlock([], [], [])
+        sampled = not self.sampling.greedy
         true_pairs = self.cache.length  # n-1: the tree's pairs go after them and are dropped at the end
         tree: list[_Node] = []
-        frontier = self._children(root[0], [-1], [0.0], [[]], 0, beam, tree)
+        first = min(beam, nodes) if sampled else beam
+        frontier = self._children(root[0], [-1], [0.0], [[]], 0, [first], tree, len(committed))
         for level in range(1, depth):
             frontier = [i for i in sorted(frontier, key=lambda i: -tree[i].score)[:beam] if tree[i].score >= floor]
+            counts = [beam] * len(frontier)
+            if sampled:  # the rest of the budget, spread over the levels left, settled before anything is drawn
+                counts = _children_counts(nodes - len(tree), depth - level, len(frontier), beam)
+                frontier = frontier[: len(counts)]
             if not frontier:  # nothing likely enough to grow
                 break
             expanded = self._expand(frontier, tree, true_pairs + level - 1, true_pairs)
             frontier = self._children(
-                expanded, frontier, [tree[i].score for i in frontier], [tree[i].pairs for i in frontier], level, beam,
-                tree,
+                expanded, frontier, [tree[i].score for i in frontier], [tree[i].pairs for i in frontier], level, counts,
+                tree, len(committed),
             )  # fmt: skip
         self.cache.rollback(true_pairs)
+        if sampled:  # every drawn node, level by level, siblings in the order they were drawn
+            probs = []
+            for node in tree:
+                full = torch.zeros(self.vocab_size)  # [V] q is zero outside the draft vocabulary
+                assert node.q is not None
+                full[self.head.vocab_ids] = node.q
+                probs.append(full)
+            parents = [node.parent for node in tree]
+            return TreeBlock([node.token for node in tree], parents, [node.score for node in tree], probs)
         likely = [i for i in range(len(tree)) if tree[i].score >= floor]
         chosen = sorted(likely, key=lambda i: (-tree[i].score, tree[i].depth, i))[:nodes]
         order = sorted(chosen, key=lambda i: (tree[i].depth, i))  # parents before children
@@ -224,17 +247,32 @@ class EagleDrafter:
 
     def _children(
         self, features: torch.Tensor, parents: list[int], scores: list[float], pairs: list[list[int]], depth: int,
-        beam: int, tree: list[_Node],
+        counts: list[int], tree: list[_Node], position: int,
     ) -> list[int]:  # fmt: skip
-        """Score the top `beam` children of each parent (features [P, H]: the parents' predictions); returns the
+        """`counts[row]` children of each parent (features [P, H]: the parents' predictions): greedy, its likeliest;
+        sampling, drawn from q without replacement (from the generator reseeded for (position, parent)). Returns the
         new nodes' indices."""
-        logp = torch.log_softmax(self.head.lm_head(features).float(), dim=-1)  # [P, N] over the draft vocabulary
-        top = torch.topk(logp, min(beam, logp.shape[-1]), dim=-1)  # [P, beam]
+        logits = self.head.lm_head(features).float()  # [P, N] over the draft vocabulary
+        if self.sampling.greedy:
+            logp = torch.log_softmax(logits, dim=-1)  # [P, N]
+            top = torch.topk(logp, min(max(counts), logp.shape[-1]), dim=-1)  # [P, beam]
+            picks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = [
+                (top.indices[row], top.values[row], None) for row in range(len(parents))
+            ]
+        else:
+            q = logits_to_probs(logits, self.sampling)  # [P, N]
+            picks = []  # index [m] (draw order), their log q, q
+            for row, parent in enumerate(parents):
+                drawn = min(counts[row], int((q[row] > 0).sum()))  # without replacement: at most the support
+                gen = reseed_for_position(self.generator, self.sampling.seed, position, f"tree-draft-{parent}")
+                index = torch.multinomial(q[row], drawn, replacement=False, generator=gen)  # [m] in draw order
+                picks.append((index, torch.log(q[row, index]), q[row]))
         added = []
         for row, parent in enumerate(parents):
-            for value, token in zip(top.values[row].tolist(), top.indices[row].tolist(), strict=True):
+            index, logp_row, q_row = picks[row]
+            for value, token in zip(logp_row.tolist(), index.tolist(), strict=True):
                 tree.append(_Node(int(self.head.vocab_ids[token]), parent, depth, scores[row] + value,
-                                  features[row][None, None], pairs[row]))  # fmt: skip
+                                  features[row][None, None], pairs[row], q_row))  # fmt: skip
                 added.append(len(tree) - 1)
         return added
 
@@ -261,3 +299,16 @@ class EagleDrafter:
 
     def kv_cache_bytes(self) -> int:
         return self.cache.nbytes() + self.features.nbytes()
+
+
+def _children_counts(budget: int, levels_left: int, frontier: int, beam: int) -> list[int]:
+    """Children per frontier node (likeliest first) for a sampled tree: this level's share of the budget left,
+    at most `beam` each, nodes without a share dropped."""
+    share = max(1, budget // levels_left) if budget > 0 else 0
+    counts: list[int] = []
+    for _ in range(frontier):
+        take = min(beam, share - sum(counts))
+        if take <= 0:
+            break
+        counts.append(take)
+    return counts
