@@ -314,7 +314,8 @@ class CostModelK:
 
     def trim(self, tokens: Sequence[int], match_length: int, position: int) -> int:
         """How many of the proposed tokens (for positions `position` ..) to verify."""
-        self.trees = False  # asked for a tree, this draft answers chains: K is a chain's length again
+        if tokens:  # asked for a tree, this draft answers chains: K is a chain's length again (an empty answer,
+            self.trees = False  # as EAGLE's first of a session, says nothing)
         bucket = bucket_of(match_length)
         self.acceptance.record_proposal(bucket if tokens else NO_PROPOSAL)
         if not tokens:

@@ -319,7 +319,9 @@ async def speculative_step(
             tree = bool(proposal.parents)
             block = proposal.truncated(spec.tree_nodes if tree else k)
             draft_network_ms = max(0.0, block.round_trip_ms - block.draft_ms)
-            if tree:
+            if tree and block.probs:  # a sampled tree: trimming it by its nodes' own draws would bias it
+                verified = block
+            elif tree:
                 verified = block.subtree(controller.trim_tree(
                     block.tokens, block.parents, block.path_logprobs, position, block.round_trip_ms))  # fmt: skip
             else:

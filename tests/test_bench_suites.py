@@ -40,7 +40,7 @@ def test_prompt_files(tmp_path: Path) -> None:
         load_suite("poetry")
 
 
-def test_the_sweep_crosses_tree_sizes_and_refuses_sampled_trees() -> None:
+def test_the_sweep_crosses_tree_sizes_and_takes_sampled_trees_with_lossless_policies_only() -> None:
     from specdec.bench.sweep import SweepConfig
 
     cfg = SweepConfig(drafts=["eagle"], ks=[4], tree_nodes=[0, 8], hf_peers=False)

@@ -156,7 +156,7 @@ async def test_sampled_token_trees_follow_the_target(v16_stack, small_vocab_targ
     async with SpecdecClient(v16_stack.address) as client:
         counts, drafted, accepted, _ = await sample_counts(
             client, prompt, target.vocab_size, SAMPLING, draft=f"eagle:{small_vocab_eagle}", k=2, tree_nodes=5,
-            k_controller="fixed", probs_encoding=encoding,
+            k_controller="cost", probs_encoding=encoding,  # the default controller: it must not trim them
         )  # fmt: skip
     assert drafted > 0 and 0 < accepted < drafted
     assert_follows(counts, p)

@@ -36,7 +36,7 @@ from specdec.orchestrator.client import SpecdecClient
 from specdec.orchestrator.core import Limits
 from specdec.orchestrator.embedded import EmbeddedStack
 from specdec.orchestrator.loop import UnsentCommit
-from specdec.sampling import SamplingConfig
+from specdec.sampling import SamplingConfig, make_generator, reseed_for_position
 from specdec.v1 import common_pb2
 from specdec.wire import hidden_from_pb, hidden_to_pb
 from tests.helpers import assert_greedy_identical, hf_greedy, load
@@ -608,6 +608,11 @@ def test_sampled_eagle_trees_draw_children_without_replacement_from_their_q() ->
     chain.observe_hidden(0, hidden)
     first = next(iter(chain.propose(committed, 1)))
     assert first[1] is not None and torch.allclose(first[1], root_q, atol=1e-6)
+    # the root's children are the draws, in order, from the generator reseeded for (position, root)
+    gen = reseed_for_position(make_generator(3, torch.device("cpu")), 3, len(committed), "tree-draft--1")
+    roots = [i for i, p in enumerate(tree.parents) if p == -1]
+    draws = torch.multinomial(root_q[head.vocab_ids], len(roots), replacement=False, generator=gen)
+    assert [tree.tokens[i] for i in roots] == head.vocab_ids[draws].tolist()
     again = tree_of(3)
     assert (again.tokens, again.parents) == (tree.tokens, tree.parents)  # seeded
     assert any(tree_of(seed).tokens != tree.tokens for seed in range(4, 8))

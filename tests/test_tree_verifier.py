@@ -109,6 +109,15 @@ def test_tree_blocks_are_refused_precisely(lm: LoadedModel) -> None:
     sampled.prefill()
     with pytest.raises(InvalidArgument, match="needs draft_probs"):
         sampled.verify(n, [1, 2], None, [-1, -1])
+    q = torch.zeros(2, lm.vocab_size)
+    q[:, 1:3] = 0.5
+    with pytest.raises(InvalidArgument, match="repeats a sibling"):
+        sampled.verify(n, [1, 1], q, [-1, -1])
+    with pytest.raises(InvalidArgument, match="probability 0"):
+        sampled.verify(n, [1, 5], q, [-1, -1])
+    with pytest.raises(InvalidArgument, match="share one q"):
+        sampled.verify(n, [1, 2], torch.stack([q[0], torch.full((lm.vocab_size,), 1 / lm.vocab_size)]), [-1, -1])
+    assert sampled.verify(n, [1, 2], q, [-1, -1]).committed_length > n  # a well-formed one is verified
     lossy = VerifierSession(lm, SessionOptions(prompt, policy="typical"))
     lossy.prefill()
     with pytest.raises(FailedPrecondition, match="losslessly only"):

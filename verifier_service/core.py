@@ -177,11 +177,28 @@ class VerifierSession:
         if self.policy in LOSSY_POLICIES:
             raise FailedPrecondition(f"token trees are verified losslessly only (exact or rejection); this session "
                                      f"uses {self.policy!r}")  # fmt: skip
-        if not self.options.sampling.greedy and probs is None:
-            raise InvalidArgument("a sampled token tree needs draft_probs (the distribution each node was drawn from)")
+        if not self.options.sampling.greedy:
+            self._check_sampled_tree(tokens, parents, probs)
         if not supports_batching(self.lm.model):
             raise FailedPrecondition(f"token trees need a Llama-family target (llama, mistral, qwen2); the target "
                                      f"is {self.lm.name}")  # fmt: skip
+
+    @staticmethod
+    def _check_sampled_tree(tokens: list[int], parents: list[int], probs: torch.Tensor | None) -> None:
+        """What recursive rejection sampling assumes of a sampled tree: siblings drawn from one q without
+        replacement, so none repeats another (it would be accepted too often; q > 0 is checked for every block)."""
+        if probs is None:
+            raise InvalidArgument("a sampled token tree needs draft_probs (the distribution each node was drawn from)")
+        first_child: dict[int, int] = {}
+        seen: set[tuple[int, int]] = set()
+        for i, (token, parent) in enumerate(zip(tokens, parents, strict=True)):
+            if (parent, token) in seen:
+                raise InvalidArgument(f"draft token {i} repeats a sibling's token {token}: siblings are drawn "
+                                      f"without replacement")  # fmt: skip
+            seen.add((parent, token))
+            sibling = first_child.setdefault(parent, i)
+            if sibling != i and not torch.equal(probs[i], probs[sibling]):
+                raise InvalidArgument(f"draft_probs[{i}] differs from its first sibling's: siblings share one q")
 
     def _make_room(self, length: int) -> None:
         """Before a forward that makes the cache cover `length` tokens: a static slot too short for them is given
