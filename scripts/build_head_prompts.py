@@ -19,6 +19,7 @@ import inspect
 import json
 import random
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -416,13 +417,18 @@ def summarise_prompts(rng: random.Random, n: int) -> list[str]:
     return [f"{rng.choice(SUMMARY_TASKS)}\n\n{p}" for p in doc_paragraphs(rng)[:n]]
 
 
-def bench_prompts() -> set[str]:
+def first_messages(paths: Iterable[Path]) -> set[str]:
+    """The first message of every prompt in these jsonl files."""
     return {
         json.loads(line)["messages"][0]["content"]
-        for path in (ROOT / "bench" / "suites").glob("*.jsonl")
+        for path in paths
         for line in path.read_text().splitlines()
         if line.strip()
     }
+
+
+def bench_prompts() -> set[str]:
+    return first_messages((ROOT / "bench" / "suites").glob("*.jsonl"))
 
 
 def write_set(name: str, prompts: list[str], bench: set[str]) -> None:
@@ -440,13 +446,7 @@ def write_generated_questions(count: int, seed: int, name: str) -> None:
     from specdec.modeling import load_model
 
     bench = bench_prompts()
-    earlier = {
-        json.loads(line)["messages"][0]["content"]
-        for path in OUT.glob("chat-generated*.jsonl")
-        if path.stem != name
-        for line in path.read_text().splitlines()
-        if line.strip()
-    }
+    earlier = first_messages(path for path in OUT.glob("chat-generated*.jsonl") if path.stem != name)
     questions = write_questions(load_model("default"), count, seed=seed, exclude=bench | earlier)
     write_set(name, questions, bench)
 

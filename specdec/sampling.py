@@ -90,14 +90,7 @@ def draw_acceptance_randoms(
     Returns uniforms[K] ~ U[0, 1) for the accept tests and noise[K+1, V] ~ Exp(1) for the exponential race
     that samples recovered and bonus tokens (argmax(prob / noise) is a sample from prob).
     """
-    uniforms = torch.empty(k, device=device)  # [K]
-    noise = torch.empty(k + 1, vocab_size, device=device)  # [K+1, V]
-    for i in range(k + 1):
-        reseed_for_position(gen, seed, position + i, "accept")
-        noise[i].exponential_(generator=gen)
-        if i < k:
-            uniforms[i : i + 1].uniform_(generator=gen)
-    return uniforms, noise.clamp_min_(torch.finfo(noise.dtype).tiny)
+    return _draw_randoms(gen, seed, [(position + i, "accept") for i in range(k + 1)], vocab_size, device)
 
 
 def draw_tree_randoms(
@@ -107,12 +100,20 @@ def draw_tree_randoms(
     node) and noise[N+1, V] (one row per logits row). A tree's nodes are not positions, so the draws are keyed by
     (position, node): each step starts at a new committed length, and no draw that decided one step's outcome is
     used again by a later step (keys by position + i would be: a later block starts inside this one)."""
-    uniforms = torch.empty(nodes, device=device)  # [N]
-    noise = torch.empty(nodes + 1, vocab_size, device=device)  # [N+1, V]
-    for i in range(nodes + 1):
-        reseed_for_position(gen, seed, position, f"tree-accept-{i}")
+    return _draw_randoms(gen, seed, [(position, f"tree-accept-{i}") for i in range(nodes + 1)], vocab_size, device)
+
+
+def _draw_randoms(
+    gen: torch.Generator, seed: int, keys: list[tuple[int, str]], vocab_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row i of noise (and uniform i, for all rows but the last) from the generator reseeded for keys[i]."""
+    n = len(keys) - 1
+    uniforms = torch.empty(n, device=device)  # [K]
+    noise = torch.empty(n + 1, vocab_size, device=device)  # [K+1, V]
+    for i, (position, stream) in enumerate(keys):
+        reseed_for_position(gen, seed, position, stream)
         noise[i].exponential_(generator=gen)
-        if i < nodes:
+        if i < n:
             uniforms[i : i + 1].uniform_(generator=gen)
     return uniforms, noise.clamp_min_(torch.finfo(noise.dtype).tiny)
 

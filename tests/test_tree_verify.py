@@ -84,7 +84,7 @@ def test_tree_verify_with_no_nodes_returns_the_targets_token() -> None:
     assert accepted.tolist() == [0] and nodes.shape == (1, 0) and out.tolist() == [[1]]
 
 
-def test_tree_verify_on_cpu_runs_the_torch_reference_unless_triton_is_asked_for() -> None:
+def test_tree_verify_on_cpu_runs_the_torch_reference() -> None:
     args = (torch.zeros(1, 1, 2), torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0, dtype=torch.long),
             torch.tensor([0]))  # fmt: skip
     kernels.tree_greedy_verify(*args)

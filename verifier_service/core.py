@@ -4,10 +4,10 @@ Invariant between verdicts: the session's KV cache covers committed positions on
 committed token is uncached, so a verify pass feeds [uncached committed tail, d_1 .. d_K] and reads the
 K+1 next-token distributions for positions n .. n+K.
 
-Token trees (exact policy only): the K draft tokens form a tree below the last committed token (each with a parent
-index); the pass feeds them in tree order with an ancestor mask, a tree kernel picks the accepted path (greedy:
-the target's argmax; sampling: recursive rejection sampling, which needs each node's q), and `compact` moves the
-path's cache entries to positions n .. before the rest is dropped.
+Token trees (lossless policies only: exact, rejection): the K draft tokens form a tree below the last committed
+token (each with a parent index); the pass feeds them in tree order with an ancestor mask, a tree kernel picks the
+accepted path (greedy: the target's argmax; sampling: recursive rejection sampling, which needs each node's q),
+and `compact` moves the path's cache entries to positions n .. before the rest is dropped.
 """
 
 from __future__ import annotations

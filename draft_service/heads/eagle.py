@@ -230,12 +230,13 @@ class EagleDrafter:
             )  # fmt: skip
         self.cache.rollback(true_pairs)
         if sampled:  # every drawn node, level by level, siblings in the order they were drawn
-            probs = []
+            full: dict[int, torch.Tensor] = {}  # per sibling group (one q object): q over the whole vocabulary
             for node in tree:
-                full = torch.zeros(self.vocab_size)  # [V] q is zero outside the draft vocabulary
                 assert node.q is not None
-                full[self.head.vocab_ids] = node.q
-                probs.append(full)
+                if id(node.q) not in full:
+                    full[id(node.q)] = torch.zeros(self.vocab_size)  # [V] q is zero outside the draft vocabulary
+                    full[id(node.q)][self.head.vocab_ids] = node.q
+            probs = [full[id(node.q)] for node in tree]
             parents = [node.parent for node in tree]
             return TreeBlock([node.token for node in tree], parents, [node.score for node in tree], probs)
         likely = [i for i in range(len(tree)) if tree[i].score >= floor]
