@@ -18,7 +18,7 @@ from specdec.limits import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, ServiceL
 from specdec.metrics import ModelServiceMetrics
 from specdec.usage import UsageTracker
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
-from specdec.wire import encode_distribution, hidden_from_pb, sampling_from_pb
+from specdec.wire import encode_distributions, hidden_from_pb, sampling_from_pb
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = draft_pb2.DESCRIPTOR.services_by_name["Draft"].full_name
@@ -140,7 +140,7 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
                 chunk = draft_pb2.DraftChunk(step=request.step, position=request.position, token_ids=tree.tokens,
                                              parents=tree.parents, path_logprobs=[] if tree.probs else tree.scores,
                                              last=True, draft_ms=draft_ms)  # fmt: skip
-                chunk.probs.extend(encode_distribution(q, encoding) for q in tree.probs)
+                chunk.probs.extend(encode_distributions(tree.probs, encoding))  # siblings' q once
                 yield chunk
                 return
         proposals = session.propose(request.position, request.max_tokens, request.min_confidence, assumed)
@@ -154,7 +154,7 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
                 match_length=drafter.match_length,
                 last=not batch or not drafter.incremental,
             )
-            chunk.probs.extend(encode_distribution(q, encoding) for _, q in batch if q is not None)
+            chunk.probs.extend(encode_distributions([q for _, q in batch if q is not None], encoding))
             chunk.draft_ms = (time.perf_counter() - start) * 1e3
             yield chunk
             if chunk.last:

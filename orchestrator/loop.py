@@ -20,7 +20,7 @@ from specdec.orchestrator.telemetry import record_step, step_started
 from specdec.orchestrator.text import OutputText
 from specdec.sampling import SamplingConfig
 from specdec.v1 import common_pb2, draft_pb2, verifier_pb2
-from specdec.wire import merge_hidden, policy_params_to_pb, sampling_to_pb
+from specdec.wire import merge_hidden, policy_params_to_pb, resolve_shared, sampling_to_pb
 
 
 def _add_counts(counts: list[int], positions: int) -> None:
@@ -387,7 +387,9 @@ async def collect_ahead(
         return None
     stats.draft_ahead_hits += 1
     # The draft's time and round trip overlapped the verify pass; what is left is the wait for its last chunk.
-    rest = DraftBlock(block.tokens[1:], block.probs[1:], 0.0, (time.perf_counter() - waited) * 1e3, block.match_length)
+    rest = DraftBlock(
+        block.tokens[1:], resolve_shared(block.probs)[1:], 0.0, (time.perf_counter() - waited) * 1e3, block.match_length
+    )
     return Ahead(verdict.position + len(verdict.token_ids), rest)
 
 

@@ -16,6 +16,7 @@ import grpc
 
 from specdec.errors import Unavailable
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, verifier_pb2, verifier_pb2_grpc
+from specdec.wire import resolve_shared
 
 Metadata = tuple[tuple[str, str], ...] | None  # extra call metadata: the trace context, when traced
 
@@ -131,7 +132,8 @@ class DraftBlock:
         keep = sorted(nodes)
         index = {node: i for i, node in enumerate(keep)}
         parents = [index[self.parents[i]] if self.parents[i] >= 0 else -1 for i in keep]  # KeyError: not a tree
-        return DraftBlock([self.tokens[i] for i in keep], [self.probs[i] for i in keep] if self.probs else [],
+        shared = resolve_shared(self.probs)  # a kept sibling may have stood for an earlier one's q
+        return DraftBlock([self.tokens[i] for i in keep], [shared[i] for i in keep] if shared else [],
                           self.draft_ms, self.round_trip_ms, self.match_length, parents,
                           [self.path_logprobs[i] for i in keep] if self.path_logprobs else [])  # fmt: skip
 

@@ -55,6 +55,29 @@ def encode_distribution(q: torch.Tensor, encoding: int) -> common_pb2.TokenDistr
     return common_pb2.TokenDistribution(dense_f32=q.numpy().astype("<f4").tobytes())
 
 
+def encode_distributions(qs: list[torch.Tensor], encoding: int) -> list[common_pb2.TokenDistribution]:
+    """q rows -> messages; a row that is the same tensor as the one before it (a sampled tree's siblings) goes
+    as `same_as_previous` instead of a second copy."""
+    return [
+        common_pb2.TokenDistribution(same_as_previous=True)
+        if i and q is qs[i - 1]
+        else encode_distribution(q, encoding)
+        for i, q in enumerate(qs)
+    ]
+
+
+def resolve_shared(msgs: list[common_pb2.TokenDistribution]) -> list[common_pb2.TokenDistribution]:
+    """The same list with every `same_as_previous` replaced by the message it stands for, so that a subset of the
+    entries keeps its meaning."""
+    resolved: list[common_pb2.TokenDistribution] = []
+    for msg in msgs:
+        shared = msg.WhichOneof("encoding") == "same_as_previous"
+        if shared and not resolved:
+            raise InvalidArgument("draft_probs[0] cannot be same_as_previous")
+        resolved.append(resolved[-1] if shared else msg)
+    return resolved
+
+
 def decode_distribution(msg: common_pb2.TokenDistribution, vocab_size: int) -> torch.Tensor:
     """message -> q[V] float32, validated."""
     kind = msg.WhichOneof("encoding")
@@ -90,7 +113,15 @@ def decode_distributions(
         return None
     if len(msgs) != num_tokens:
         raise InvalidArgument(f"draft_probs has {len(msgs)} entries for {num_tokens} draft tokens")
-    return torch.stack([decode_distribution(m, vocab_size) for m in msgs])
+    rows: list[torch.Tensor] = []
+    for msg in msgs:
+        if msg.WhichOneof("encoding") == "same_as_previous":
+            if not rows:
+                raise InvalidArgument("draft_probs[0] cannot be same_as_previous")
+            rows.append(rows[-1])  # decoded and validated once
+        else:
+            rows.append(decode_distribution(msg, vocab_size))
+    return torch.stack(rows)
 
 
 def hidden_to_pb(start: int, hidden: torch.Tensor) -> common_pb2.HiddenStates:

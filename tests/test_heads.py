@@ -38,7 +38,7 @@ from specdec.orchestrator.embedded import EmbeddedStack
 from specdec.orchestrator.loop import UnsentCommit
 from specdec.sampling import SamplingConfig, make_generator, reseed_for_position
 from specdec.v1 import common_pb2
-from specdec.wire import hidden_from_pb, hidden_to_pb
+from specdec.wire import SPARSE, encode_distributions, hidden_from_pb, hidden_to_pb
 from tests.helpers import assert_greedy_identical, hf_greedy, load
 from tests.test_distribution import exact_marginals, repetitive_prompt, tv
 
@@ -600,9 +600,11 @@ def test_sampled_eagle_trees_draw_children_without_replacement_from_their_q() ->
         tokens = [tree.tokens[i] for i in children]
         assert len(set(tokens)) == len(tokens)  # without replacement
         q = tree.probs[children[0]]
-        assert all(torch.equal(tree.probs[i], q) for i in children)  # siblings: one q
+        assert all(tree.probs[i] is q for i in children)  # siblings: one q (one tensor: it crosses the wire once)
         assert float(q.sum()) == pytest.approx(1.0, abs=1e-5) and float(q[outside].sum()) == 0.0
         assert all(float(q[t]) > 0 for t in tokens)
+    groups = len({-1, *tree.parents})
+    assert sum(m.WhichOneof("encoding") == "sparse" for m in encode_distributions(tree.probs, SPARSE)) == groups
     root_q = tree.probs[0]  # the root's q is the chain drafter's q for position n
     chain = EagleDrafter(head, embedding, 50, sampling)
     chain.observe_hidden(0, hidden)

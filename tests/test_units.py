@@ -13,7 +13,16 @@ from specdec.errors import InvalidArgument
 from specdec.kvcache import common_prefix_length
 from specdec.orchestrator.text import OutputText
 from specdec.sampling import SamplingConfig, derive_seed, logits_to_probs
-from specdec.wire import DENSE, SPARSE, decode_distribution, encode_distribution
+from specdec.v1 import common_pb2
+from specdec.wire import (
+    DENSE,
+    SPARSE,
+    decode_distribution,
+    decode_distributions,
+    encode_distribution,
+    encode_distributions,
+    resolve_shared,
+)
 
 
 def lookup(tokens: list[int], ngram_max: int, max_tokens: int) -> tuple[int, list[int]]:
@@ -104,6 +113,26 @@ def test_distribution_encodings_round_trip_exactly() -> None:
     for bad in (q * 2, torch.full((50,), 1.0), q - q.max()):  # sums to 2; values > 1; negatives
         with pytest.raises(InvalidArgument):
             decode_distribution(encode_distribution(bad, DENSE), 50)
+
+
+def test_sibling_distributions_cross_the_wire_once() -> None:
+    """A sampled tree's siblings share one q tensor: it is encoded once, decoded once, and a subset of the entries
+    (resolve_shared) still means the same rows."""
+    a, b = torch.softmax(torch.randn(50), -1), torch.softmax(torch.randn(50), -1)
+    rows = [a, a, a, b, b]  # two sibling groups
+    msgs = encode_distributions(rows, SPARSE)
+    shared = "same_as_previous"
+    assert [m.WhichOneof("encoding") for m in msgs] == ["sparse", shared, shared, "sparse", shared]
+    assert torch.equal(decode_distributions(msgs, 5, 50), torch.stack(rows))
+    subset = [resolve_shared(msgs)[i] for i in (2, 4)]
+    assert torch.equal(decode_distributions(subset, 2, 50), torch.stack([a, b]))
+    equal_but_separate = encode_distributions([a, a.clone()], SPARSE)  # only the same tensor object is shared
+    assert [m.WhichOneof("encoding") for m in equal_but_separate] == ["sparse", "sparse"]
+    first = [common_pb2.TokenDistribution(same_as_previous=True)]
+    with pytest.raises(InvalidArgument, match="cannot be same_as_previous"):
+        decode_distributions(first, 1, 50)
+    with pytest.raises(InvalidArgument, match="cannot be same_as_previous"):
+        resolve_shared(first)
 
 
 class CharTokenizer:

@@ -24,27 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17specdec/v1/common.proto\x12\nspecdec.v1\"Q\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"m\n\x0cPolicyParams\x12\x17\n\x0ftypical_epsilon\x18\x01 \x01(\x02\x12\x15\n\rtypical_delta\x18\x02 \x01(\x02\x12\x13\n\x0b\x61gree_top_m\x18\x03 \x01(\r\x12\x18\n\x10\x61\x63\x63\x65pt_threshold\x18\x04 \x01(\x02\"f\n\x11TokenDistribution\x12\x13\n\tdense_f32\x18\x01 \x01(\x0cH\x00\x12\x30\n\x06sparse\x18\x02 \x01(\x0b\x32\x1e.specdec.v1.SparseDistributionH\x00\x42\n\n\x08\x65ncoding\"6\n\x12SparseDistribution\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\r\n\x05probs\x18\x02 \x03(\x02\"&\n\x0fGetUsageRequest\x12\x13\n\x0breset_peaks\x18\x01 \x01(\x08\"\xbe\x01\n\x0cServiceUsage\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x11\n\trss_bytes\x18\x03 \x01(\x04\x12\x16\n\x0epeak_rss_bytes\x18\x04 \x01(\x04\x12\x16\n\x0ekv_cache_bytes\x18\x05 \x01(\x04\x12\x1b\n\x13peak_kv_cache_bytes\x18\x06 \x01(\x04\x12\x15\n\rlive_sessions\x18\x07 \x01(\r\x12\x19\n\x11\x64\x65vice_peak_bytes\x18\x08 \x01(\x04\"M\n\x0cHiddenStates\x12\x16\n\x0estart_position\x18\x01 \x01(\x04\x12\x13\n\x0bhidden_size\x18\x02 \x01(\r\x12\x10\n\x08\x64\x61ta_f32\x18\x03 \x01(\x0c*d\n\rProbsEncoding\x12\x1e\n\x1aPROBS_ENCODING_UNSPECIFIED\x10\x00\x12\x18\n\x14PROBS_ENCODING_DENSE\x10\x01\x12\x19\n\x15PROBS_ENCODING_SPARSE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17specdec/v1/common.proto\x12\nspecdec.v1\"Q\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"m\n\x0cPolicyParams\x12\x17\n\x0ftypical_epsilon\x18\x01 \x01(\x02\x12\x15\n\rtypical_delta\x18\x02 \x01(\x02\x12\x13\n\x0b\x61gree_top_m\x18\x03 \x01(\r\x12\x18\n\x10\x61\x63\x63\x65pt_threshold\x18\x04 \x01(\x02\"\x82\x01\n\x11TokenDistribution\x12\x13\n\tdense_f32\x18\x01 \x01(\x0cH\x00\x12\x30\n\x06sparse\x18\x02 \x01(\x0b\x32\x1e.specdec.v1.SparseDistributionH\x00\x12\x1a\n\x10same_as_previous\x18\x03 \x01(\x08H\x00\x42\n\n\x08\x65ncoding\"6\n\x12SparseDistribution\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\r\n\x05probs\x18\x02 \x03(\x02\"&\n\x0fGetUsageRequest\x12\x13\n\x0breset_peaks\x18\x01 \x01(\x08\"\xbe\x01\n\x0cServiceUsage\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x11\n\trss_bytes\x18\x03 \x01(\x04\x12\x16\n\x0epeak_rss_bytes\x18\x04 \x01(\x04\x12\x16\n\x0ekv_cache_bytes\x18\x05 \x01(\x04\x12\x1b\n\x13peak_kv_cache_bytes\x18\x06 \x01(\x04\x12\x15\n\rlive_sessions\x18\x07 \x01(\r\x12\x19\n\x11\x64\x65vice_peak_bytes\x18\x08 \x01(\x04\"M\n\x0cHiddenStates\x12\x16\n\x0estart_position\x18\x01 \x01(\x04\x12\x13\n\x0bhidden_size\x18\x02 \x01(\r\x12\x10\n\x08\x64\x61ta_f32\x18\x03 \x01(\x0c*d\n\rProbsEncoding\x12\x1e\n\x1aPROBS_ENCODING_UNSPECIFIED\x10\x00\x12\x18\n\x14PROBS_ENCODING_DENSE\x10\x01\x12\x19\n\x15PROBS_ENCODING_SPARSE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'specdec.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROBSENCODING']._serialized_start=705
-  _globals['_PROBSENCODING']._serialized_end=805
+  _globals['_PROBSENCODING']._serialized_start=734
+  _globals['_PROBSENCODING']._serialized_end=834
   _globals['_SAMPLINGPARAMS']._serialized_start=39
   _globals['_SAMPLINGPARAMS']._serialized_end=120
   _globals['_POLICYPARAMS']._serialized_start=122
   _globals['_POLICYPARAMS']._serialized_end=231
-  _globals['_TOKENDISTRIBUTION']._serialized_start=233
-  _globals['_TOKENDISTRIBUTION']._serialized_end=335
-  _globals['_SPARSEDISTRIBUTION']._serialized_start=337
-  _globals['_SPARSEDISTRIBUTION']._serialized_end=391
-  _globals['_GETUSAGEREQUEST']._serialized_start=393
-  _globals['_GETUSAGEREQUEST']._serialized_end=431
-  _globals['_SERVICEUSAGE']._serialized_start=434
-  _globals['_SERVICEUSAGE']._serialized_end=624
-  _globals['_HIDDENSTATES']._serialized_start=626
-  _globals['_HIDDENSTATES']._serialized_end=703
+  _globals['_TOKENDISTRIBUTION']._serialized_start=234
+  _globals['_TOKENDISTRIBUTION']._serialized_end=364
+  _globals['_SPARSEDISTRIBUTION']._serialized_start=366
+  _globals['_SPARSEDISTRIBUTION']._serialized_end=420
+  _globals['_GETUSAGEREQUEST']._serialized_start=422
+  _globals['_GETUSAGEREQUEST']._serialized_end=460
+  _globals['_SERVICEUSAGE']._serialized_start=463
+  _globals['_SERVICEUSAGE']._serialized_end=653
+  _globals['_HIDDENSTATES']._serialized_start=655
+  _globals['_HIDDENSTATES']._serialized_end=732
 # @@protoc_insertion_point(module_scope)

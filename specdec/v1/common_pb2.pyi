@@ -41,12 +41,14 @@ class PolicyParams(_message.Message):
     def __init__(self, typical_epsilon: _Optional[float] = ..., typical_delta: _Optional[float] = ..., agree_top_m: _Optional[int] = ..., accept_threshold: _Optional[float] = ...) -> None: ...
 
 class TokenDistribution(_message.Message):
-    __slots__ = ("dense_f32", "sparse")
+    __slots__ = ("dense_f32", "sparse", "same_as_previous")
     DENSE_F32_FIELD_NUMBER: _ClassVar[int]
     SPARSE_FIELD_NUMBER: _ClassVar[int]
+    SAME_AS_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     dense_f32: bytes
     sparse: SparseDistribution
-    def __init__(self, dense_f32: _Optional[bytes] = ..., sparse: _Optional[_Union[SparseDistribution, _Mapping]] = ...) -> None: ...
+    same_as_previous: bool
+    def __init__(self, dense_f32: _Optional[bytes] = ..., sparse: _Optional[_Union[SparseDistribution, _Mapping]] = ..., same_as_previous: _Optional[bool] = ...) -> None: ...
 
 class SparseDistribution(_message.Message):
     __slots__ = ("token_ids", "probs")
