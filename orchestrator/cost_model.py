@@ -32,6 +32,7 @@ policy and sampling (what earlier requests learned) and moves to this session's 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -49,6 +50,7 @@ OUTLIER = 2.0  # a K's cost estimate above this multiple of the prior model is s
 RELAX = 0.2  # per target-only step, how far such an estimate relaxes towards that ceiling
 NO_PROPOSAL = -1  # the bucket of a draft call that proposed nothing
 FREE_DRAFT = 0.02  # a draft whose K_max tokens cost < 2% of a target step is treated as free
+TREE_DEPTH_WINDOW = 8  # a tree is drafted one level below the deepest node kept by this many recent trims
 
 
 @dataclass
@@ -252,9 +254,10 @@ class CostModelK:
         # a session forgets faster than the shared priors: its content shifts (prose, then a copy)
         self.acceptance = AcceptanceStats(parent=priors.acceptance if priors else None, decay=0.9)
         self.timings = Timings(parent=priors.timings if priors else None)
-        self.trees = trees  # the draft is asked for token trees: K is their depth, `trim_tree` picks the nodes
+        self.trees = trees  # the draft is asked for token trees (at most k_start deep), `trim_tree` picks the nodes
         self.tree_hits = HitRates(parent=priors.tree_hits if priors else None)
         self._pending_trees: list[PendingTree] = []
+        self._tree_depths: deque[int] = deque(maxlen=TREE_DEPTH_WINDOW)  # deepest node each recent trim kept
         self.tree_saving: float | None = None  # EMA of what a tree call saved (ms), as predicted when trimmed
         self._pending: list[tuple[int, list[int], int]] = []  # proposals not yet scored: (position, tokens, bucket)
         self._start: int | None = None  # position of the first committed token seen
@@ -283,10 +286,16 @@ class CostModelK:
         return self.k_max if self._draft_is_free() else min(2, self.k_max)
 
     def _tree_ask_size(self) -> int:
-        """Trees are drafted k_start deep (their node count is trimmed, not asked); the call is skipped once
-        trees have been seen to cost more than they save."""
+        """How deep to draft the next tree (its node count is trimmed, not asked): one level below the deepest
+        node the recent trims kept, at most k_start (each level costs the draft a pass; a deeper level that
+        starts to pay is then verified and the depth grows again). The call is skipped once trees have been
+        seen to cost more than they save."""
         paid = self.calls < self.min_calls or self.tree_saving is None or self.tree_saving > 0
-        return self.k_start if paid else 0
+        if not paid:
+            return 0
+        if not self._tree_depths:
+            return self.k_start
+        return max(1, min(self.k_start, max(self._tree_depths) + 1))
 
     def _probe_interval(self) -> int:
         """Steps between probes: often enough that a cheap call is hardly ever skipped for long, at most
@@ -350,6 +359,7 @@ class CostModelK:
         target_only_ms = self.timings.verify_ms(0) + network
         saving = expected[best] * target_only_ms - (self.timings.verify_ms(best) + network) - call_ms
         self.tree_saving = ema(self.tree_saving, saving, self.timings.weight)
+        self._tree_depths.append(max((len(paths[i]) for i in order[:best]), default=0))
         return order[:best]
 
     def rate(self, first_rate: float, next_rate: float, k: int, draft_ms: float = 0.0) -> float:

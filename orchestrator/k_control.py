@@ -10,7 +10,8 @@ the lossless guarantee. K = 0 means a target-only step (no draft call at all).
   probability falls below p_min (sent with each propose).
 - `cost` (ours): see `cost_model.py`: K chosen per step to maximise expected committed tokens per second,
   from acceptance by prompt-lookup match length and step times measured online; K = 0 included. With token
-  trees K is their depth and the nodes worth verifying are chosen by their path probabilities (`tree_cost.py`).
+  trees K is their greatest depth: the nodes worth verifying are chosen by their path probabilities
+  (`tree_cost.py`) and trees are drafted one level below the deepest node recently kept.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def make_controller(
     trees: bool = False,
 ) -> KController:  # fmt: skip
     """`free_draft`: the draft is known to cost nothing per token (prompt lookup, suffix trees); None: judge
-    by the measured draft time. `trees`: the draft is asked for token trees (K is their depth)."""
+    by the measured draft time. `trees`: the draft is asked for token trees (at most K deep)."""
     if name == "fixed":
         return FixedK(k)
     if name == "heuristic":

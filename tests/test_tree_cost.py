@@ -64,8 +64,11 @@ class TreeSession:
     `nodes` likeliest nodes, as EAGLE builds them. Times are simulated: `cost(n)` to verify n nodes."""
 
     def __init__(self, controller: CostModelK, cost: Callable[[int], float], call_ms: float = 8.0,
-                 nodes: int = 12, seed: int = 0, rates: tuple[float, ...] = TRUE_RATES) -> None:  # fmt: skip
+                 nodes: int = 12, seed: int = 0, rates: tuple[float, ...] = TRUE_RATES, level_ms: float = 0.0,
+                 ) -> None:  # fmt: skip
         self.controller, self.cost, self.call_ms, self.nodes = controller, cost, call_ms, nodes
+        self.level_ms = level_ms  # what each level of a tree adds to the draft call
+        self.asked: list[int] = []  # the depth asked for at each step (0: no draft call)
         self.rates = rates
         self.rng = random.Random(seed)
         self.truth = [self.rng.randrange(1000) for _ in range(20_000)]
@@ -100,11 +103,13 @@ class TreeSession:
     def step(self) -> None:
         c = self.controller
         k = c.next_k()
+        self.asked.append(k)
+        call_ms = self.call_ms + self.level_ms * k if k else 0.0
         block = DraftBlock()
         if k:
             tokens, parents, logprobs = self.tree(k)
             block = DraftBlock(tokens, parents=parents, path_logprobs=logprobs)
-            block = block.subtree(c.trim_tree(tokens, parents, logprobs, self.position, self.call_ms))
+            block = block.subtree(c.trim_tree(tokens, parents, logprobs, self.position, call_ms))
         accepted, node = 0, -1
         while True:  # walk the target's greedy path down the verified tree
             want = self.truth[self.position + accepted]
@@ -114,9 +119,9 @@ class TreeSession:
             accepted, node = accepted + 1, child
         committed = tuple(self.truth[self.position : self.position + accepted + 1])
         verify_ms = self.cost(len(block.tokens))
-        self.elapsed_ms += verify_ms + 0.5 + (self.call_ms if k else 0.0)
+        self.elapsed_ms += verify_ms + 0.5 + call_ms
         self.verified.append(len(block.tokens))
-        c.observe(StepObservation(k, len(block.tokens), len(block.tokens), accepted, self.call_ms if k else 0.0,
+        c.observe(StepObservation(k, len(block.tokens), len(block.tokens), accepted, call_ms,
                                   verify_ms, 0.0, 0.5, position=self.position, committed=committed))  # fmt: skip
         self.position += len(committed)
 
@@ -175,3 +180,31 @@ def test_a_tree_draft_that_never_hits_is_not_called_but_probed() -> None:
     priors = CostPriors()  # what the sessions learned is shared: the next session starts from it
     TreeSession(trees_controller(priors), cpu_cost).rate(100)
     assert trees_controller(priors).tree_hits.rate(bin_of(math.log(0.7))) < DRAFT_PROBS[0] - 0.1
+
+
+class FullDepth(CostModelK):
+    """The cost controller as it was: trees always drafted k_start deep (only their node count trimmed)."""
+
+    def _tree_ask_size(self) -> int:
+        return self.k_start if super()._tree_ask_size() else 0
+
+
+def test_trees_are_drafted_as_deep_as_the_trim_verifies() -> None:
+    """Each level costs the draft a pass (3 ms here): where verified positions are dear the trim keeps shallow
+    nodes, so trees are asked shallower, which pays; where positions are nearly free the full depth is kept."""
+    deep = dict(k_start=6, k_max=8, free_draft=False, trees=True)
+
+    def late_rate(controller: CostModelK, seed: int) -> tuple[float, list[int]]:
+        session = TreeSession(controller, cpu_cost, call_ms=2.0, level_ms=3.0, seed=seed)
+        session.rate(200)
+        return session.rate(400), session.asked[-400:]
+
+    adaptive = [late_rate(CostModelK(**deep), seed) for seed in range(3)]  # type: ignore[arg-type]
+    full = [late_rate(FullDepth(**deep), seed) for seed in range(3)]  # type: ignore[arg-type]
+    for _, asked in adaptive:
+        assert sum(asked) / len(asked) <= 4.2 and 3 in asked and max(asked) <= 6  # mostly 3-4 of the 6 levels
+    assert all(d in (0, 6) for _, asked in full for d in asked)
+    assert sum(rate for rate, _ in adaptive) > 1.03 * sum(rate for rate, _ in full)  # measured: 1.047
+    gpu = TreeSession(CostModelK(**deep), gpu_cost, call_ms=2.0, level_ms=0.3)  # type: ignore[arg-type]
+    gpu.rate(200)
+    assert sum(d == 6 for d in gpu.asked[-100:]) >= 90  # deep nodes are verified: they keep being drafted
