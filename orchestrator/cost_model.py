@@ -50,7 +50,8 @@ OUTLIER = 2.0  # a K's cost estimate above this multiple of the prior model is s
 RELAX = 0.2  # per target-only step, how far such an estimate relaxes towards that ceiling
 NO_PROPOSAL = -1  # the bucket of a draft call that proposed nothing
 FREE_DRAFT = 0.02  # a draft whose K_max tokens cost < 2% of a target step is treated as free
-TREE_DEPTH_WINDOW = 8  # a tree is drafted one level below the deepest node kept by this many recent trims
+TREE_DEPTH_WINDOW = 8  # a tree is drafted as deep as the deepest node kept by this many recent trims,
+TREE_DEPTH_PROBE = 4  # and one level deeper every this many tree calls
 
 
 @dataclass
@@ -258,6 +259,7 @@ class CostModelK:
         self.tree_hits = HitRates(parent=priors.tree_hits if priors else None)
         self._pending_trees: list[PendingTree] = []
         self._tree_depths: deque[int] = deque(maxlen=TREE_DEPTH_WINDOW)  # deepest node each recent trim kept
+        self._tree_asks = 0  # trees asked for since the trims started choosing their depth
         self.tree_saving: float | None = None  # EMA of what a tree call saved (ms), as predicted when trimmed
         self._pending: list[tuple[int, list[int], int]] = []  # proposals not yet scored: (position, tokens, bucket)
         self._start: int | None = None  # position of the first committed token seen
@@ -286,16 +288,18 @@ class CostModelK:
         return self.k_max if self._draft_is_free() else min(2, self.k_max)
 
     def _tree_ask_size(self) -> int:
-        """How deep to draft the next tree (its node count is trimmed, not asked): one level below the deepest
-        node the recent trims kept, at most k_start (each level costs the draft a pass; a deeper level that
-        starts to pay is then verified and the depth grows again). The call is skipped once trees have been
-        seen to cost more than they save."""
+        """How deep to draft the next tree (its node count is trimmed, not asked): as deep as the deepest node
+        the recent trims kept, and one level deeper every TREE_DEPTH_PROBE-th call, at most k_start (each level
+        costs the draft a pass; a deeper level that pays is kept on such a call, and the depth grows). The call
+        is skipped once trees have been seen to cost more than they save."""
         paid = self.calls < self.min_calls or self.tree_saving is None or self.tree_saving > 0
         if not paid:
             return 0
         if not self._tree_depths:
             return self.k_start
-        return max(1, min(self.k_start, max(self._tree_depths) + 1))
+        self._tree_asks += 1
+        deeper = self._tree_asks % TREE_DEPTH_PROBE == 0
+        return max(1, min(self.k_start, max(self._tree_depths) + deeper))
 
     def _probe_interval(self) -> int:
         """Steps between probes: often enough that a cheap call is hardly ever skipped for long, at most

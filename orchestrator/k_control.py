@@ -11,7 +11,7 @@ the lossless guarantee. K = 0 means a target-only step (no draft call at all).
 - `cost` (ours): see `cost_model.py`: K chosen per step to maximise expected committed tokens per second,
   from acceptance by prompt-lookup match length and step times measured online; K = 0 included. With token
   trees K is their greatest depth: the nodes worth verifying are chosen by their path probabilities
-  (`tree_cost.py`) and trees are drafted one level below the deepest node recently kept.
+  (`tree_cost.py`) and trees are drafted as deep as the deepest node recently kept (deeper now and then).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import grpc
 
 from specdec.errors import Unavailable
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, verifier_pb2, verifier_pb2_grpc
-from specdec.wire import resolve_shared
+from specdec.wire import is_shared, resolve_shared
 
 Metadata = tuple[tuple[str, str], ...] | None  # extra call metadata: the trace context, when traced
 
@@ -189,6 +189,8 @@ class DraftStream(_SessionStream):
             chunk = await self._read("chunk")
             if chunk.position != sent.position + len(block.tokens) or chunk.step != sent.step:
                 raise Unavailable(f"the draft service sent a chunk for position {chunk.position}, step {chunk.step}")
+            if chunk.probs and is_shared(chunk.probs[0]):  # a reference across chunks: out of protocol
+                raise Unavailable("the draft service began a chunk's probs with same_as_previous")
             block.tokens.extend(chunk.token_ids)
             block.probs.extend(chunk.probs)
             block.parents.extend(chunk.parents)

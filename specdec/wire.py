@@ -16,6 +16,7 @@ from specdec.v1 import common_pb2
 DENSE = common_pb2.PROBS_ENCODING_DENSE
 SPARSE = common_pb2.PROBS_ENCODING_SPARSE
 AUTO = common_pb2.PROBS_ENCODING_UNSPECIFIED
+SHARED_FIRST = "the first q of a list cannot be same_as_previous (there is no entry before it)"
 
 
 def message_dict(msg: Message) -> dict[str, Any]:
@@ -66,14 +67,19 @@ def encode_distributions(qs: list[torch.Tensor], encoding: int) -> list[common_p
     ]
 
 
+def is_shared(msg: common_pb2.TokenDistribution) -> bool:
+    """Whether an entry stands for the one before it (`same_as_previous` set and true: false is no encoding)."""
+    return msg.WhichOneof("encoding") == "same_as_previous" and msg.same_as_previous
+
+
 def resolve_shared(msgs: list[common_pb2.TokenDistribution]) -> list[common_pb2.TokenDistribution]:
     """The same list with every `same_as_previous` replaced by the message it stands for, so that a subset of the
     entries keeps its meaning."""
     resolved: list[common_pb2.TokenDistribution] = []
     for msg in msgs:
-        shared = msg.WhichOneof("encoding") == "same_as_previous"
+        shared = is_shared(msg)
         if shared and not resolved:
-            raise InvalidArgument("draft_probs[0] cannot be same_as_previous")
+            raise InvalidArgument(SHARED_FIRST)
         resolved.append(resolved[-1] if shared else msg)
     return resolved
 
@@ -115,9 +121,9 @@ def decode_distributions(
         raise InvalidArgument(f"draft_probs has {len(msgs)} entries for {num_tokens} draft tokens")
     rows: list[torch.Tensor] = []
     for msg in msgs:
-        if msg.WhichOneof("encoding") == "same_as_previous":
+        if is_shared(msg):
             if not rows:
-                raise InvalidArgument("draft_probs[0] cannot be same_as_previous")
+                raise InvalidArgument(SHARED_FIRST)
             rows.append(rows[-1])  # decoded and validated once
         else:
             rows.append(decode_distribution(msg, vocab_size))

@@ -9,11 +9,12 @@ import torch
 
 from specdec.draft_service.drafts import NgramIndex
 from specdec.draftspec import parse_draft
-from specdec.errors import InvalidArgument
+from specdec.errors import InvalidArgument, Unavailable
 from specdec.kvcache import common_prefix_length
+from specdec.orchestrator.streams import DraftStream, SentPropose
 from specdec.orchestrator.text import OutputText
 from specdec.sampling import SamplingConfig, derive_seed, logits_to_probs
-from specdec.v1 import common_pb2
+from specdec.v1 import common_pb2, draft_pb2
 from specdec.wire import (
     DENSE,
     SPARSE,
@@ -133,6 +134,37 @@ def test_sibling_distributions_cross_the_wire_once() -> None:
         decode_distributions(first, 1, 50)
     with pytest.raises(InvalidArgument, match="cannot be same_as_previous"):
         resolve_shared(first)
+    false = [msgs[0], common_pb2.TokenDistribution(same_as_previous=False)]  # set in the oneof, but no q
+    assert false[1].WhichOneof("encoding") == "same_as_previous"
+    with pytest.raises(InvalidArgument, match="no encoding"):
+        decode_distributions(false, 2, 50)
+
+
+class ScriptedDraftStub:
+    """Stands in for a misbehaving draft service: its session stream answers with these responses."""
+
+    def __init__(self, responses: list[draft_pb2.DraftResponse]) -> None:
+        self.responses = responses
+
+    def Session(self, timeout: float | None = None, metadata: object = None) -> ScriptedDraftStub:
+        return self
+
+    async def read(self) -> draft_pb2.DraftResponse:
+        return self.responses.pop(0)
+
+
+async def test_a_chunk_that_begins_with_a_reference_is_out_of_protocol() -> None:
+    """`same_as_previous` refers within one list: a chunk whose first q points into the chunk before it is the
+    draft service's fault (Unavailable: the orchestrator fails over), not the client's."""
+    q = encode_distribution(torch.softmax(torch.randn(8), -1), SPARSE)
+    shared = common_pb2.TokenDistribution(same_as_previous=True)
+    chunks = [
+        draft_pb2.DraftChunk(step=1, position=5, token_ids=[3], probs=[q]),
+        draft_pb2.DraftChunk(step=1, position=6, token_ids=[4], probs=[shared], last=True),
+    ]
+    stream = DraftStream(ScriptedDraftStub([draft_pb2.DraftResponse(chunk=c) for c in chunks]))  # type: ignore[arg-type]
+    with pytest.raises(Unavailable, match="same_as_previous"):
+        await stream.read_block(SentPropose(5, 1, 0.0))
 
 
 class CharTokenizer:
