@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from specdec.bench.suites import Prompt, load_prompts, load_suite
+from specdec.draftspec import parse_draft
 from specdec.policies import LOSSY_POLICIES
 
 BASELINE = "none"  # the target-only row, through the same services
@@ -99,6 +100,12 @@ class SweepConfig:
             methods += [Method(HF_ASSISTED, d, k) for d in equivalent for k in self.ks if k > 0]
         grid = itertools.product(self.drafts, self.ks, self.policies, self.controllers, self.tree_nodes)
         for draft, k, policy, controller, tree_nodes in grid:
-            if draft != BASELINE:
-                methods.append(Method("specdec", draft, k, policy, controller, tree_nodes))
+            if draft == BASELINE:
+                continue
+            # a draft that builds no trees answers a tree request with its chain: one chain row
+            method = Method(
+                "specdec", draft, k, policy, controller, tree_nodes if parse_draft(draft).builds_trees else 0
+            )
+            if method not in methods:
+                methods.append(method)
         return methods

@@ -33,6 +33,12 @@ class DraftSpec:
         return self.kind in HEAD_KINDS
 
     @property
+    def builds_trees(self) -> bool:
+        """EAGLE answers a tree request with a token tree (draft_service: EagleDrafter.propose_tree); every other
+        draft with a chain."""
+        return self.kind == "eagle"
+
+    @property
     def name(self) -> str:
         if self.kind == "model" or (self.kind in ("quantized", *HEAD_KINDS) and self.model):
             return f"{self.kind}:{self.model}"

@@ -43,9 +43,12 @@ def test_prompt_files(tmp_path: Path) -> None:
 def test_the_sweep_crosses_tree_sizes_and_takes_sampled_trees_with_lossless_policies_only() -> None:
     from specdec.bench.sweep import SweepConfig
 
-    cfg = SweepConfig(drafts=["eagle"], ks=[4], tree_nodes=[0, 8], hf_peers=False)
+    cfg = SweepConfig(drafts=["eagle", "ngram"], ks=[4], tree_nodes=[0, 8], hf_peers=False)
     cfg.validate()
-    assert [m.label for m in cfg.methods()] == ["none", "eagle k=4 fixed", "eagle k=4 tree=8 fixed"]
+    labels = [m.label for m in cfg.methods()]  # prompt lookup builds no trees: no duplicate of its chain row
+    assert labels == ["none", "eagle k=4 fixed", "eagle k=4 tree=8 fixed", "ngram k=4 fixed"]
+    only_trees = SweepConfig(drafts=["eagle", "ngram"], ks=[4], tree_nodes=[8], hf_peers=False).methods()
+    assert [m.label for m in only_trees] == ["none", "eagle k=4 tree=8 fixed", "ngram k=4 fixed"]
     SweepConfig(tree_nodes=[8], temperature=0.7).validate()  # sampled trees: rejection sampling
     with pytest.raises(ValueError, match="losslessly"):
         SweepConfig(tree_nodes=[8], policies=["typical"]).validate()
