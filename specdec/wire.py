@@ -16,7 +16,6 @@ from specdec.v1 import common_pb2
 DENSE = common_pb2.PROBS_ENCODING_DENSE
 SPARSE = common_pb2.PROBS_ENCODING_SPARSE
 AUTO = common_pb2.PROBS_ENCODING_UNSPECIFIED
-SHARED_FIRST = "the first q of a list cannot be same_as_previous (there is no entry before it)"
 
 
 def message_dict(msg: Message) -> dict[str, Any]:
@@ -79,7 +78,7 @@ def resolve_shared(msgs: list[common_pb2.TokenDistribution]) -> list[common_pb2.
     for msg in msgs:
         shared = is_shared(msg)
         if shared and not resolved:
-            raise InvalidArgument(SHARED_FIRST)
+            raise InvalidArgument("the first q of a list cannot be same_as_previous (there is no entry before it)")
         resolved.append(resolved[-1] if shared else msg)
     return resolved
 
@@ -120,13 +119,10 @@ def decode_distributions(
     if len(msgs) != num_tokens:
         raise InvalidArgument(f"draft_probs has {len(msgs)} entries for {num_tokens} draft tokens")
     rows: list[torch.Tensor] = []
-    for msg in msgs:
-        if is_shared(msg):
-            if not rows:
-                raise InvalidArgument(SHARED_FIRST)
-            rows.append(rows[-1])  # decoded and validated once
-        else:
-            rows.append(decode_distribution(msg, vocab_size))
+    previous = None
+    for msg in resolve_shared(msgs):  # a shared q is one message object there: decoded and validated once
+        rows.append(rows[-1] if msg is previous else decode_distribution(msg, vocab_size))
+        previous = msg
     return torch.stack(rows)
 
 

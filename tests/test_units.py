@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from specdec import wire
 from specdec.draft_service.drafts import NgramIndex
 from specdec.draftspec import parse_draft
 from specdec.errors import InvalidArgument, Unavailable
@@ -116,7 +117,7 @@ def test_distribution_encodings_round_trip_exactly() -> None:
             decode_distribution(encode_distribution(bad, DENSE), 50)
 
 
-def test_sibling_distributions_cross_the_wire_once() -> None:
+def test_sibling_distributions_cross_the_wire_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """A sampled tree's siblings share one q tensor: it is encoded once, decoded once, and a subset of the entries
     (resolve_shared) still means the same rows."""
     a, b = torch.softmax(torch.randn(50), -1), torch.softmax(torch.randn(50), -1)
@@ -124,7 +125,11 @@ def test_sibling_distributions_cross_the_wire_once() -> None:
     msgs = encode_distributions(rows, SPARSE)
     shared = "same_as_previous"
     assert [m.WhichOneof("encoding") for m in msgs] == ["sparse", shared, shared, "sparse", shared]
+    decoded: list[common_pb2.TokenDistribution] = []
+    monkeypatch.setattr(wire, "decode_distribution", lambda m, v: decoded.append(m) or decode_distribution(m, v))
     assert torch.equal(decode_distributions(msgs, 5, 50), torch.stack(rows))
+    assert len(decoded) == 2  # once per sibling group
+    monkeypatch.undo()
     subset = [resolve_shared(msgs)[i] for i in (2, 4)]
     assert torch.equal(decode_distributions(subset, 2, 50), torch.stack([a, b]))
     equal_but_separate = encode_distributions([a, a.clone()], SPARSE)  # only the same tensor object is shared
