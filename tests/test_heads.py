@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from specdec.draft_service.core import DraftCore, DraftOptions
+from specdec.draft_service.heads.data import HeadData, concat_data
 from specdec.draft_service.heads.eagle import EagleDrafter, EagleHead, TreeBlock
 from specdec.draft_service.heads.layers import LayerCache, LayerShape
 from specdec.draft_service.heads.medusa import MedusaDrafter, MedusaHead
@@ -347,7 +348,7 @@ def test_training_continues_from_a_trained_head(tiny_heads: dict[str, Path], tin
         if name not in ("vocab_ids", "lm_head.weight"):
             assert torch.equal(continued.state_dict()[name], value), name
     data = load_data(next(new_data.glob("*.safetensors")))
-    train_idx, _ = split_indices(data.num_sequences, 4)
+    train_idx, _ = split_indices(data, 4)
     fresh = draft_vocabulary(data.subset(train_idx), 64, lm.vocab_size, list(lm.eos_token_ids))
     assert torch.equal(continued.vocab_ids, fresh)  # chosen on the new data ...
     assert not torch.equal(fresh, start.vocab_ids)  # ... which ranks other tokens first
@@ -663,3 +664,30 @@ async def test_greedy_identity_with_eagle_trees(tiny_stack, tiny_target: Path, t
         response = await client.generate(prompt_token_ids=ids, max_new_tokens=MAX_NEW, draft="ngram", k=3,
                                          k_controller="fixed", tree_nodes=8)  # fmt: skip
         assert_greedy_identical(lm, ids, list(response.completions[0].token_ids), hf_greedy(lm, ids, MAX_NEW))
+
+
+def _random_data(sequences: int, seed: int) -> HeadData:
+    """Sequences of random prompts (lengths 3-8) and answers (2-5 tokens), hidden states of width 2."""
+    rng = random.Random(seed)
+    prompt_lengths = [rng.randint(3, 8) for _ in range(sequences)]
+    lengths = [p + rng.randint(2, 5) for p in prompt_lengths]
+    total = sum(lengths)
+    return HeadData(
+        tokens=torch.tensor([rng.randrange(1000) for _ in range(total)]),
+        hidden=torch.zeros(total, 2, dtype=torch.float16),
+        offsets=torch.cumsum(torch.tensor([0, *lengths]), 0),
+        prompt_lengths=torch.tensor(prompt_lengths),
+        info={},
+    )
+
+
+def test_held_out_split_is_stable_when_prompt_files_are_added() -> None:
+    old, added = _random_data(400, seed=1), _random_data(300, seed=2)
+    train_old, held_old = split_indices(old, 10)
+    assert sorted(train_old + held_old) == list(range(400)) and not set(train_old) & set(held_old)
+    assert 20 <= len(held_old) <= 60  # about one in ten
+    # the new file sorts before the old one (as chat-generated-2 did before chat-generated): indices shift
+    _, held_both = split_indices(concat_data([added, old]), 10)
+    assert {i - 300 for i in held_both if i >= 300} == set(held_old)  # every old sequence kept its side
+    assert split_indices(_random_data(2, seed=3), 1000)[1] != []  # tiny sets still hold one out
+    assert split_indices(old, 0) == (list(range(400)), [])

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -54,7 +55,7 @@ class TrainConfig:
     max_new_tokens: int = 160  # answer length when generating data
     max_prompt_tokens: int = 1024
     gen_batch: int = 96  # prompts per batched generate call (96: 2,470 s for the shipped set here, 48: 5,326 s)
-    holdout_every: int = 25  # every n-th prompt is held out for the acceptance report
+    holdout_every: int = 25  # about one prompt in n (by a hash of its tokens) is held out for the report
     eval_k: int = 4  # drafts per step in the held-out report
     eval_sequences: int = 0  # replay only the first n held-out sequences (quick experiments); 0: all of them
     lr: float = 1e-3
@@ -110,10 +111,20 @@ class EvalReport:
         )
 
 
-def split_indices(num: int, every: int) -> tuple[list[int], list[int]]:
-    """(training, held-out) sequence indices: every `every`-th sequence is held out."""
-    held = [i for i in range(num) if every and i % every == every - 1]
-    return [i for i in range(num) if i not in set(held)], held
+def split_indices(data: HeadData, every: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) sequence indices: about one sequence in `every` is held out, chosen by a hash of its
+    prompt's tokens, so a sequence stays on its side when prompt files are added (a head continued on more data
+    is never evaluated on prompts it trained on); at least one is held out when there are two or more."""
+    if not every or data.num_sequences < 2:
+        return list(range(data.num_sequences)), []
+    digests = [_prompt_digest(data, i) for i in range(data.num_sequences)]
+    held = {i for i, d in enumerate(digests) if d % every == 0} or {min(range(len(digests)), key=digests.__getitem__)}
+    return [i for i in range(data.num_sequences) if i not in held], sorted(held)
+
+
+def _prompt_digest(data: HeadData, i: int) -> int:
+    tokens, _, prompt_len = data.sequence(i)
+    return int.from_bytes(hashlib.blake2b(tokens[:prompt_len].numpy().tobytes(), digest_size=8).digest(), "little")
 
 
 def answer_mask(data: HeadData) -> torch.Tensor:
@@ -492,7 +503,7 @@ def train(
     if continued is not None:
         check_continuable(config, continued[1])  # before data generation (up to 40 min): fail fast
     data = load_training_data(lm, cfg)
-    train_idx, held_idx = split_indices(data.num_sequences, cfg.holdout_every)
+    train_idx, held_idx = split_indices(data, cfg.holdout_every)
     train_data = data.subset(train_idx)
     vocab_ids = draft_vocabulary(train_data, config.draft_vocab_size, identity.vocab_size, list(lm.eos_token_ids))
     print(
