@@ -682,12 +682,14 @@ def _random_data(sequences: int, seed: int) -> HeadData:
 
 
 def test_held_out_split_is_stable_when_prompt_files_are_added() -> None:
-    old, added = _random_data(400, seed=1), _random_data(300, seed=2)
+    # 303 added: a shift that is no multiple of 10, so an every-n-th-index split would move sequences
+    old, added = _random_data(400, seed=1), _random_data(303, seed=2)
     train_old, held_old = split_indices(old, 10)
     assert sorted(train_old + held_old) == list(range(400)) and not set(train_old) & set(held_old)
     assert 20 <= len(held_old) <= 60  # about one in ten
     # the new file sorts before the old one (as chat-generated-2 did before chat-generated): indices shift
     _, held_both = split_indices(concat_data([added, old]), 10)
-    assert {i - 300 for i in held_both if i >= 300} == set(held_old)  # every old sequence kept its side
+    assert {i - 303 for i in held_both if i >= 303} == set(held_old)  # every old sequence kept its side
+    assert {i for i in held_both if i < 303} == set(split_indices(added, 10)[1])  # and every new one its own
     assert split_indices(_random_data(2, seed=3), 1000)[1] != []  # tiny sets still hold one out
     assert split_indices(old, 0) == (list(range(400)), [])

@@ -118,7 +118,7 @@ def split_indices(data: HeadData, every: int) -> tuple[list[int], list[int]]:
     if not every or data.num_sequences < 2:
         return list(range(data.num_sequences)), []
     digests = [_prompt_digest(data, i) for i in range(data.num_sequences)]
-    held = {i for i, d in enumerate(digests) if d % every == 0} or {min(range(len(digests)), key=digests.__getitem__)}
+    held = {i for i, d in enumerate(digests) if d % every == 0} or {digests.index(min(digests))}
     return [i for i in range(data.num_sequences) if i not in held], sorted(held)
 
 
