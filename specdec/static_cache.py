@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from specdec.batched import _rotary, supports_batching
+from specdec.batched import TreeLayout, _rotary, supports_batching, tree_layout
 from specdec.kvcache import CachedSequence, ForwardOutput, common_prefix_length
 
 log = logging.getLogger(__name__)
@@ -73,18 +73,25 @@ def static_forward(
     positions: torch.Tensor,  # [T] their positions: consecutive, starting at the slot's committed length
     keep: int | None = None,  # LM head over the last `keep` positions only (None: all T)
     attend: int | None = None,  # eager only: attend over the first `attend` positions (None: all max_len)
+    tree: TreeLayout | None = None,  # eager only: `ids` are a token tree (its depths and ancestors); None: a chain
 ) -> Outputs:
     """(logits [keep or T, V], final hidden states [T, H]) for `ids`, writing their keys/values into `slot`.
 
     Pure tensor code: no Python branch on tensor values and no host sync, so a CUDA graph can capture it. An eager
-    caller that knows the length passes `attend` (start + T) so attention reads only the live positions."""
+    caller that knows the length passes `attend` (start + T) so attention reads only the live positions.
+
+    A tree's tokens are stored at `positions` in feeding order, but each is rotated to (first position + its depth)
+    and sees the committed prefix, its ancestors and itself (the layout `specdec.batched.tree_layout` gives)."""
     inner = model.model
     max_len = attend if attend is not None else keys[0].shape[2]
     hidden = inner.embed_tokens(ids[None])  # [1, T, H]
-    cos, sin = inner.rotary_emb(hidden, position_ids=positions[None])  # [1, T, d] each
+    rotated = positions if tree is None else positions[0] + torch.tensor(tree.depths, device=ids.device)  # [T]
+    cos, sin = inner.rotary_emb(hidden, position_ids=rotated[None])  # [1, T, d] each
     # query i sees key j iff j <= positions[i]: the committed prefix, and the new tokens up to itself
     mask: torch.Tensor | None = torch.arange(max_len, device=ids.device)[None, :] <= positions[:, None]  # [T, L]
-    if attend is not None and ids.shape[0] == 1:
+    if tree is not None:
+        mask[:, positions] = tree.ancestors  # type: ignore[index]  # among the new tokens: its ancestors only
+    elif attend is not None and ids.shape[0] == 1:
         mask = None  # one new token at the end of the live positions sees all of them
     for layer_idx, layer in enumerate(inner.layers[: model.config.num_hidden_layers]):
         attn = layer.self_attn
@@ -324,22 +331,33 @@ class GraphRunner:
 
     @torch.inference_mode()
     def forward(
-        self, slot: int, token_ids: Sequence[int], start: int, keep_logits: int, want_hidden: bool, eager: bool = False
+        self,
+        slot: int,
+        token_ids: Sequence[int],
+        start: int,
+        keep_logits: int,
+        want_hidden: bool,
+        eager: bool = False,
+        parents: Sequence[int] | None = None,
     ) -> ForwardOutput:
         """Run token_ids at positions start .. start+T-1 of `slot`. A graph when one exists or can be captured for
-        T (unless `eager`), else `static_forward`. Outputs are fresh tensors (never the graph's static ones)."""
+        T (unless `eager` or a token tree: `parents` as in `specdec.batched.ExtendJob`), else `static_forward`.
+        Outputs are fresh tensors (never the graph's static ones)."""
         t = len(token_ids)
         if start + t > self.max_len:
             raise SlotOverflow(f"positions up to {start + t - 1} do not fit a slot of {self.max_len}")
         keep = min(max(1, keep_logits), t)
         ids = torch.tensor(list(token_ids), dtype=torch.long, device=self.device)  # [T]
         positions = torch.arange(start, start + t, dtype=torch.long, device=self.device)  # [T]
-        graph = None if eager else self._graph(slot, t, ids, positions)
+        tree = None if parents is None else tree_layout(parents, self.device)
+        graph = None if eager or tree is not None else self._graph(slot, t, ids, positions)
         if graph is None:
             # Without graphs, attend over the live positions only; with graphs, eager forwards (prefills) compute
-            # exactly what a replay would (all max_len positions, masked)
-            attend = start + t if self.capture is None else None
-            logits, hidden = static_forward(self.model, self.keys, self.values, slot, ids, positions, keep, attend)
+            # exactly what a replay would (all max_len positions, masked). A tree is never graphed: live only.
+            attend = start + t if self.capture is None or tree is not None else None
+            logits, hidden = static_forward(
+                self.model, self.keys, self.values, slot, ids, positions, keep, attend, tree
+            )
             self.written(slot, start + t)  # only now: every layer holds them (a failed forward leaves them unmarked)
             return ForwardOutput(logits=logits, hidden=hidden if want_hidden else None)
         graph.ids.copy_(ids)
@@ -439,11 +457,18 @@ class StaticSequence:
         self.rollback(keep)
         return list(committed[keep:])
 
-    def extend(self, token_ids: Sequence[int], keep_logits: int = 1, want_hidden: bool = False) -> ForwardOutput:
-        """As `CachedSequence.extend`; raises `SlotOverflow` (cache unchanged) when the tokens do not fit."""
+    def extend(
+        self,
+        token_ids: Sequence[int],
+        keep_logits: int = 1,
+        want_hidden: bool = False,
+        parents: Sequence[int] | None = None,
+    ) -> ForwardOutput:
+        """As `CachedSequence.extend`, and a token tree when `parents` is given (`specdec.batched.ExtendJob`);
+        raises `SlotOverflow` (cache unchanged) when the tokens do not fit."""
         if self.released:
             raise RuntimeError("this static sequence's slot was released")
-        out = self.runner.forward(self.slot, token_ids, len(self.tokens), keep_logits, want_hidden)
+        out = self.runner.forward(self.slot, token_ids, len(self.tokens), keep_logits, want_hidden, parents=parents)
         self.tokens.extend(int(t) for t in token_ids)
         return out
 

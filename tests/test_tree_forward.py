@@ -59,15 +59,19 @@ def test_tree_layout_depths_and_ancestors() -> None:
 
 
 @pytest.mark.parametrize("kind", ["dynamic", "static"])
+@pytest.mark.parametrize("alone", [False, True])  # a lone tree on a static slot runs the slot's own forward
 @torch.inference_mode()
-def test_each_tree_node_sees_only_its_path_and_compaction_leaves_the_chains_cache(lm: LoadedModel, kind: str) -> None:
+def test_each_tree_node_sees_only_its_path_and_compaction_leaves_the_chains_cache(
+    lm: LoadedModel, kind: str, alone: bool
+) -> None:
     seq, other = _sequences(lm, kind)  # other: a chain session in the same forward (trees batch with chains)
     seq.extend(PREFIX[:-1])
     other.extend([7, 8, 9])
-    got, chain_out = extend_many(
-        lm.model,
-        [ExtendJob(seq, TREE_TOKENS, len(TREE_TOKENS), True, TREE_PARENTS), ExtendJob(other, [10, 11], 2)],
-    )
+    tree_job = ExtendJob(seq, TREE_TOKENS, len(TREE_TOKENS), True, TREE_PARENTS)
+    if alone:
+        got, chain_out = extend_many(lm.model, [tree_job])[0], extend_many(lm.model, [ExtendJob(other, [10, 11], 2)])[0]
+    else:
+        got, chain_out = extend_many(lm.model, [tree_job, ExtendJob(other, [10, 11], 2)])
     assert got.logits.shape == (len(TREE_TOKENS), lm.vocab_size)
     for node in range(len(TREE_TOKENS)):
         alone = CachedSequence(lm.model)
