@@ -21,7 +21,7 @@ import itertools
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +44,14 @@ def wide_tree(tokens: int, width: int = 3) -> list[int]:
 
 def verify_ms(core: VerifierCore, prompt: list[int], tokens: int, tree: bool, reps: int) -> float:
     """Median milliseconds of one verify of `tokens` rejected draft tokens (a chain, or `wide_tree`) on a fresh
-    session; the first two steps are not counted (allocator growth, packed weights)."""
+    session."""
     session = core.open_session(SessionOptions(prompt_token_ids=prompt, return_hidden_states=True))
     rejected = (prompt[-1] + 1) % core.lm.vocab_size
-    times = []
+    parents = wide_tree(tokens) if tree else None
     try:
-        for _ in range(reps + 2):
-            start = time.perf_counter()
-            session.verify(session.committed_length, [rejected] * tokens, None, wide_tree(tokens) if tree else None)
-            times.append((time.perf_counter() - start) * 1e3)
+        return _median_ms(lambda: session.verify(session.committed_length, [rejected] * tokens, None, parents), reps)
     finally:
         core.close_session(session)
-    return statistics.median(times[2:])
 
 
 def draft_tree_ms(
@@ -63,12 +59,20 @@ def draft_tree_ms(
 ) -> tuple[float, int]:
     """Median milliseconds of one `propose_tree` after `sequence` (its features already observed), and the size
     of the tree it returns."""
-    times, size = [], 0
-    for _ in range(reps + 2):
+    ms = _median_ms(lambda: drafter.propose_tree(sequence, depth, nodes, min_probability=floor), reps)
+    return ms, len(drafter.propose_tree(sequence, depth, nodes, min_probability=floor).tokens)
+
+
+def _median_ms(call: Callable[[], object], reps: int) -> float:
+    """Median milliseconds of `reps` calls after two untimed ones (allocator growth, packed weights)."""
+    for _ in range(2):
+        call()
+    times = []
+    for _ in range(reps):
         start = time.perf_counter()
-        size = len(drafter.propose_tree(sequence, depth, nodes, min_probability=floor).tokens)
+        call()
         times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times[2:]), size
+    return statistics.median(times)
 
 
 def needed_accepted_length(speedup: float, step_ms: float, none_ms: float) -> float:

@@ -89,7 +89,7 @@ def extend_many(model: Any, jobs: Sequence[ExtendJob]) -> list[ForwardOutput]:
     trees = any(job.parents is not None for job in jobs)
     if trees and not supports_batching(model):
         raise ValueError("token trees need a Llama-family model (specdec.batched.supports_batching)")
-    if len(jobs) == 1 and trees and hasattr(jobs[0].seq, "runner"):
+    if len(jobs) == 1 and trees and _shared_pool(jobs) is not None:
         # one tree on a static slot: the slot's own forward is leaner than the ragged one (no padding, scatter or
         # per-forward plan; on the default model here 2-4 ms less per verify of 2-6 tree tokens, even at 8-12)
         job = jobs[0]
